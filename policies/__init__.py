@@ -1,0 +1,1 @@
+"""Scripted and learned navigation policies."""

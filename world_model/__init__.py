@@ -1,0 +1,1 @@
+"""The world model: a miniature SANA-WM and its data pipeline."""
