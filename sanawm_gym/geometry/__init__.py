@@ -1,6 +1,13 @@
 """Pose and camera math shared by the reference world, the envs and the world model."""
 
-from sanawm_gym.geometry.camera import intrinsics_from_fov, pixel_rays, plucker_map, scale_intrinsics
+from sanawm_gym.geometry.camera import (
+    intrinsics_from_fov,
+    look_at,
+    pixel_rays,
+    plucker_map,
+    pose_from_yaw_pitch,
+    scale_intrinsics,
+)
 from sanawm_gym.geometry.metrics import CameraErrors, camera_errors, rotation_angle_deg
 from sanawm_gym.geometry.se3 import (
     c2w_to_w2c,
@@ -25,8 +32,10 @@ __all__ = [
     "intrinsics_from_fov",
     "invert_se3",
     "is_rigid",
+    "look_at",
     "pixel_rays",
     "plucker_map",
+    "pose_from_yaw_pitch",
     "relative_to_first",
     "rotation_angle_deg",
     "scale_intrinsics",

@@ -15,7 +15,7 @@ import torch
 
 from sanawm_gym.geometry._arrays import accepts_numpy
 
-__all__ = ["intrinsics_from_fov", "scale_intrinsics", "pixel_rays", "plucker_map"]
+__all__ = ["intrinsics_from_fov", "look_at", "pixel_rays", "plucker_map", "pose_from_yaw_pitch", "scale_intrinsics"]
 
 
 def intrinsics_from_fov(
@@ -95,3 +95,38 @@ def plucker_map(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> 
     """
     origins, dirs = pixel_rays(c2w, K, height, width)
     return torch.cat([dirs, torch.linalg.cross(origins, dirs, dim=-1)], -1)
+
+
+@accepts_numpy
+def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+    """OpenCV ``c2w (..., 4, 4)`` of a camera at ``eye (..., 3)`` looking at ``target (..., 3)``.
+
+    ``up`` (default world +z) fixes the roll: the image's "down" (camera +y) points along
+    ``-up`` as far as possible. The view direction must not be parallel to ``up``.
+    """
+    if up is None:
+        up = torch.tensor([0.0, 0.0, 1.0], dtype=eye.dtype, device=eye.device)
+    z = target - eye
+    z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    x = torch.linalg.cross(z, up.expand_as(z), dim=-1)  # right = forward x up
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if bool((norm < 1e-9).any()):
+        raise ValueError("look_at: the view direction is parallel to `up`")
+    x = x / norm
+    y = torch.linalg.cross(z, x, dim=-1)  # down
+    T = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
+    T[..., :3, 0], T[..., :3, 1], T[..., :3, 2], T[..., :3, 3] = x, y, z, eye
+    T[..., 3, 3] = 1
+    return T
+
+
+@accepts_numpy
+def pose_from_yaw_pitch(position: torch.Tensor, yaw: torch.Tensor, pitch: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """OpenCV ``c2w (..., 4, 4)`` at ``position (..., 3)``, looking along heading ``yaw``
+    (radians from world +x towards +y) tilted up by ``pitch`` (radians, |pitch| < pi/2), no roll."""
+    yaw = torch.as_tensor(yaw, dtype=position.dtype)
+    pitch = torch.as_tensor(pitch, dtype=position.dtype)
+    forward = torch.stack(
+        [torch.cos(pitch) * torch.cos(yaw), torch.cos(pitch) * torch.sin(yaw), torch.sin(pitch).expand_as(yaw)], -1
+    )
+    return look_at(position, position + forward)
