@@ -47,7 +47,9 @@ def _series_coefficients(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     safe = torch.where(small, torch.ones_like(theta), theta)
     s2 = safe * safe
     a = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(safe) / safe)
-    b = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, (1 - torch.cos(safe)) / s2)
+    # 2 sin^2(t/2) / t^2, not (1 - cos t) / t^2: the latter cancels catastrophically for small t
+    # (in float32 it keeps ~1 correct digit just above the series switch).
+    b = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, 2 * torch.sin(safe / 2) ** 2 / s2)
     c = torch.where(small, 1 / 6 - t2 / 120 + t2 * t2 / 5040, (safe - torch.sin(safe)) / (s2 * safe))
     return a, b, c
 

@@ -234,13 +234,15 @@ def _interior_walls(b: _Builder, rng: np.random.Generator, cfg: SceneConfig, hal
     h = cfg.wall_height
 
     def split(lo: float, hi: float) -> list[tuple[float, float]]:
-        door = rng.uniform(lo + 0.8, hi - 0.8 - cfg.door_width)
-        return [(lo, door), (door + cfg.door_width, hi)]
+        width = min(cfg.door_width, hi - lo)
+        margin = min(0.8, (hi - lo - width) / 2)
+        door = lo + margin + rng.uniform() * max(0.0, hi - lo - width - 2 * margin)
+        return [(a, c) for a, c in ((lo, door), (door + width, hi)) if c - a > 1e-3]
 
-    y0 = rng.uniform(-0.25, 0.25) * 2 * half
+    y0 = rng.uniform(-0.2, 0.2) * 2 * half
     for a, c in split(-half, half):
         b.wall(a, y0 - t, c, y0 + t, h, mats[0])
-    x0 = rng.uniform(-0.25, 0.25) * 2 * half
+    x0 = rng.uniform(-0.2, 0.2) * 2 * half
     if rng.random() < 0.5:
         lo_y, hi_y = y0 + t, half
     else:

@@ -1,0 +1,23 @@
+"""Tasks shared by the reference-world and world-model envs."""
+
+from sanawm_gym.tasks.point_goal import (
+    GOAL_OBS_HIGH,
+    GOAL_OBS_LOW,
+    GoalSample,
+    PointGoalConfig,
+    StepOutcome,
+    goal_observation,
+    sample_goal,
+    score_step,
+)
+
+__all__ = [
+    "GOAL_OBS_HIGH",
+    "GOAL_OBS_LOW",
+    "GoalSample",
+    "PointGoalConfig",
+    "StepOutcome",
+    "goal_observation",
+    "sample_goal",
+    "score_step",
+]
