@@ -253,7 +253,9 @@ def _write(folder: Path, cfg: DatasetConfig, num_clips: int, progress: bool) -> 
             clips.append(_render_clip(cfg, i, K))
             bar.update(1)
         arrays = {key: np.ascontiguousarray(np.stack([c[key] for c in clips])) for key in clips[0]}
-        data = safetensors.numpy.save(arrays, metadata={"format": FORMAT, "clips": f"{lo},{hi}"})
+        # One metadata key: safetensors writes several in no fixed order, and re-runs must be byte-identical.
+        about = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "clips": [lo, hi]})
+        data = safetensors.numpy.save(arrays, metadata={"dataset": about})
         atomic_write(folder / name, data)
         entries.append({"file": name, "clips": [lo, hi], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
         entries.sort(key=lambda e: e["clips"][0])
