@@ -1,0 +1,38 @@
+"""Smoke runs of the `sanawm-gym` command line as subprocesses, with tiny budgets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 300) -> str:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "sanawm_gym.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_demo_writes_a_video(tmp_path):
+    out = tmp_path / "demo.mp4"
+    stdout = run_cli("demo", "--out", str(out), "--video-size", "64", "--quiet")
+    assert "success=True" in stdout and "env_steps_per_s=" in stdout and str(out) in stdout
+    frames = imageio.mimread(out, memtest=False)
+    assert len(frames) > 8 and frames[0].shape == (64, 192, 3)
+
+
+def test_eval_prints_success_rate():
+    stdout = run_cli("eval", "--episodes", "2", "--env", "SanaWM/ReferenceNavPlanar-v0", "--quiet")
+    assert "success=" in stdout and "SPL=" in stdout
+
+
+def test_bench_prints_side_by_side_figures():
+    stdout = run_cli("bench", "--sizes", "16", "--batch", "2", "--repeats", "1", "--env-steps", "3")
+    assert "16x16" in stdout and "steps/s" in stdout and "x" in stdout.splitlines()[2]
