@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sanawm-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench dataset install clean
+.PHONY: demo test test-slow bench install clean
 
 install: $(STAMP)
 

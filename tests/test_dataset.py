@@ -155,7 +155,8 @@ def test_extend_keeps_the_first_clips(dataset_dir, tmp_path):
 def test_config_mismatch_names_the_fields(dataset_dir, tmp_path):
     folder = tmp_path / "mismatch"
     shutil.copytree(dataset_dir, folder)
-    with pytest.raises(ValueError, match=r"(?s)differing fields.*height: 16 in the folder, 24 requested.*seed: 3 in the folder, 5"):
+    expected = r"(?s)differing fields.*height: 16 in the folder, 24 requested.*seed: 3 in the folder, 5"
+    with pytest.raises(ValueError, match=expected):
         write_dataset(folder, NUM_CLIPS, seed=5, **{**SIZE, "height": 24})
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
@@ -174,7 +175,7 @@ def test_bad_arguments():
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
-    main(["--out", str(out), "--clips", "2", "--frames", "5", "--height", "8", "--width", "8", "--no-progress"])
+    assert main(["--out", str(out), "--clips", "2", "--frames", "5", "--height", "8", "--width", "8", "--no-progress"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("2 clips x 5 frames at 8x8") and "clips/s" in line
     with pytest.raises(SystemExit) as exc:

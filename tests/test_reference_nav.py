@@ -234,3 +234,20 @@ def test_scripted_policy_reaches_most_goals(env_id, mode):
                 break
         successes += info["success"]
     assert successes >= 6
+
+
+@pytest.mark.slow
+def test_scripted_policy_success_rate_over_50_seeds():
+    """The figure `sanawm-gym eval --episodes 50 --env SanaWM/ReferenceNavPlanar-v0` prints
+    (`make test-slow`)."""
+    env = gym.make("SanaWM/ReferenceNavPlanar-v0")
+    successes = 0
+    for seed in range(50):
+        policy = GoalSeekingPolicy("planar", seed=seed)
+        obs, _ = env.reset(seed=seed)
+        while True:
+            obs, _, term, trunc, info = env.step(policy.act(obs))
+            if term or trunc:
+                break
+        successes += info["success"]
+    assert successes >= 35

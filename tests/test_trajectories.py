@@ -83,7 +83,8 @@ def test_clearance_height_pitch_roll_within_bounds(batch):
         clearance = signed_distance(scene, traj.c2w[:, :3, 3])
         assert clearance.min() >= MOTION.camera_radius + CFG.margin - 1e-5, scene.seed
         rotations = traj.c2w[:, :3, :3]
-        np.testing.assert_allclose(rotations @ rotations.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rotations.shape), atol=1e-9)
+        eye = np.broadcast_to(np.eye(3), rotations.shape)
+        np.testing.assert_allclose(rotations @ rotations.transpose(0, 2, 1), eye, atol=1e-9)
 
 
 def test_every_behaviour_appears(batch):

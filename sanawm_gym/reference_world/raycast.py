@@ -291,8 +291,8 @@ def render(
     """Render cameras ``c2w (..., 4, 4)`` with intrinsics ``K (3, 3)`` or ``(..., 3, 3)`` at
     ``height x width``: ``rgb (..., H, W, 3)`` uint8 and z-``depth (..., H, W)`` float32.
 
-    Accepts torch or numpy poses (numpy in, numpy out). Poses are converted to float64 to
-    build the rays, then traced in float32.
+    Accepts torch or numpy poses (numpy in, numpy out). Rays are built in float64 in the
+    camera frame and traced in float32.
     """
     if c2w.shape[-2:] != (4, 4):
         raise ValueError(f"c2w must have shape (..., 4, 4), got {tuple(c2w.shape)}")
@@ -300,11 +300,16 @@ def render(
         raise ValueError(f"K must have shape (3, 3) or (..., 3, 3), got {tuple(K.shape)}")
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
-    c2w = c2w.to(torch.float64)
-    origins, dirs = pixel_rays(c2w, K.to(torch.float64), height, width)  # (..., H, W, 3)
-    rgb, t, _ = trace(scene, origins, dirs, backend)
+    # Unit ray directions in the camera frame, built once per intrinsics in float64, then
+    # rotated into the world in float32 (a rotation keeps them unit length).
+    eye = torch.eye(4, dtype=torch.float64)
+    dirs_cam = pixel_rays(eye, K.to(torch.float64), height, width)[1].float()  # (..., H, W, 3)
+    rot = c2w[..., None, None, :3, :3].float()  # columns: the camera axes in the world
+    # Written per element (no batched matmul), so a pose renders bit-identically in any batch.
+    dirs = rot[..., 0] * dirs_cam[..., 0:1] + rot[..., 1] * dirs_cam[..., 1:2] + rot[..., 2] * dirs_cam[..., 2:3]
     batch = dirs.shape[:-1]
-    forward = c2w[..., None, None, :3, 2].expand(*batch, 3)
-    depth = t.reshape(batch) * (dirs * forward).sum(-1).float()
+    origins = c2w[..., None, None, :3, 3].float().expand(*batch, 3)
+    rgb, t, _ = trace(scene, origins, dirs, backend)
+    depth = t.reshape(batch) * dirs_cam[..., 2]  # z-depth: distance times cos(angle to the axis)
     rgb8 = (rgb.reshape(*batch, 3) * 255 + 0.5).to(torch.uint8)
     return RenderOutput(rgb8, depth)

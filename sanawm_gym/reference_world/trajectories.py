@@ -19,9 +19,12 @@ Behaviours, drawn per segment of a few steps from :class:`BehaviourMix`:
 - ``avoid``: not drawn, entered when a step is refused (below): come to rest and turn
   toward the most open heading.
 
-Every behaviour is a command (speeds, a world yaw rate, a target pitch and height) turned
-into a body action with proportional feedback that keeps the camera level (pitch bounded,
-roll near zero) and at its target height. Actions are smoothed between steps: each step
+Every behaviour is a command (horizontal speeds, a world yaw rate, a target pitch and
+height) turned into a body action with proportional feedback that keeps the camera level
+(pitch bounded, roll near zero) and at its target height. World directions are expressed
+in the body frame, so climbing is mostly ``-vy`` (the OpenCV y axis points down) and a
+world yaw is mostly ``-wy``, mixed with the other components as the camera pitches.
+Actions are smoothed between steps: each step
 moves a fraction ``smoothing`` of the way to the behaviour's target and at most
 ``max_action_change`` per component, so there are no jumps.
 
@@ -32,7 +35,10 @@ at least ``camera_radius + margin``, height in ``height_range``, pitch and roll 
 Otherwise the next step of the braking tail accepted before is taken instead, which was
 checked together with that earlier step. So a safe continuation always exists, and with
 ``margin`` larger than half a frame's displacement no ``move_chunk`` sweep can touch an
-obstacle between two checked frames (the signed distance is 1-Lipschitz).
+obstacle between two checked frames (the signed distance is 1-Lipschitz). The same bound
+spares most distance queries: frames closer to the camera than its known clearance minus
+``camera_radius + margin`` need none. The finished trajectory is swept once more exactly
+as ``move_chunk(..., scene)`` sweeps it.
 """
 
 from __future__ import annotations
@@ -166,9 +172,11 @@ class TrajectoryConfig:
                 raise ValueError(f"{name} is in normalised action units, must be <= 1, got {getattr(self, name)}")
         lo, hi = self.height_range
         if not lo <= self.start_height_range[0] <= self.start_height_range[1] <= hi:
-            raise ValueError(f"start_height_range {self.start_height_range} must lie inside height_range {self.height_range}")
+            raise ValueError(f"start_height_range {self.start_height_range} must lie inside "
+                             f"height_range {self.height_range}")
         if not 0 < self.max_pitch_deg < 80 or not 0 < self.max_roll_deg < 80:
-            raise ValueError(f"max_pitch_deg and max_roll_deg must be in (0, 80), got {self.max_pitch_deg}, {self.max_roll_deg}")
+            raise ValueError(f"max_pitch_deg and max_roll_deg must be in (0, 80), "
+                             f"got {self.max_pitch_deg}, {self.max_roll_deg}")
         if not 0 <= self.start_pitch_deg <= self.max_pitch_deg or not 0 <= self.wander_pitch_deg <= self.max_pitch_deg:
             raise ValueError(f"start_pitch_deg and wander_pitch_deg must be in [0, max_pitch_deg={self.max_pitch_deg}], "
                              f"got {self.start_pitch_deg}, {self.wander_pitch_deg}")
@@ -200,6 +208,8 @@ class Revisit(NamedTuple):
 
 
 class Trajectory(NamedTuple):
+    """A camera trajectory: the actions, the poses they produce, and what made each step."""
+
     actions: np.ndarray
     """``(num_steps, 6)`` float32 normalised body actions in [-1, 1]."""
     c2w: np.ndarray
@@ -258,14 +268,14 @@ def _turn(rng: np.random.Generator, cfg: TrajectoryConfig, height: float) -> Beh
 
 def _strafe(rng: np.random.Generator, cfg: TrajectoryConfig, height: float) -> Behaviour:
     right = rng.uniform(*cfg.strafe_speed) * rng.choice((-1.0, 1.0))
-    forward = rng.uniform(-0.25, 0.5) * cfg.strafe_speed[0]
+    forward = rng.uniform(-0.25, 0.5) * cfg.strafe_speed[0]  # a little forward or backward drift
     yaw = _oscillation(rng, cfg, rng.uniform(-cfg.gentle_turn, cfg.gentle_turn))
     pitch = _wander_pitch(rng, cfg)
     return lambda j: _Command(forward, right, yaw(j), pitch, height, cfg.climb_speed[0])
 
 
 def _look_around(rng: np.random.Generator, cfg: TrajectoryConfig, height: float) -> Behaviour:
-    forward = rng.uniform(0.0, 0.5) * cfg.walk_speed[0]
+    forward = rng.uniform(0.0, 0.5) * cfg.walk_speed[0]  # creep, at most half the slowest walk
     yaw = _oscillation(rng, cfg, rng.uniform(*cfg.turn_rate))
     pitch = _oscillation(rng, cfg, math.radians(rng.uniform(0.5, 0.8) * cfg.max_pitch_deg))
     return lambda j: _Command(forward, 0.0, yaw(j), pitch(j), height, cfg.climb_speed[0])
@@ -273,7 +283,7 @@ def _look_around(rng: np.random.Generator, cfg: TrajectoryConfig, height: float)
 
 def _change_height(rng: np.random.Generator, cfg: TrajectoryConfig, height: float) -> Behaviour:
     lo, hi = cfg.height_range
-    inset = 0.1 * (hi - lo)
+    inset = 0.1 * (hi - lo)  # targets keep off the bounds, so feedback overshoot stays inside
     target = rng.uniform(lo + inset, hi - inset)
     climb = rng.uniform(*cfg.climb_speed)
     forward = rng.uniform(0.0, 0.5) * cfg.walk_speed[0]
@@ -329,7 +339,8 @@ class _Walker:
     # -- smoothing and braking
     def smooth(self, target: np.ndarray) -> np.ndarray:
         """One low-passed, rate-limited step from the last action toward ``target``."""
-        delta = np.clip(self.cfg.smoothing * (target - self.action), -self.cfg.max_action_change, self.cfg.max_action_change)
+        limit = self.cfg.max_action_change
+        delta = np.clip(self.cfg.smoothing * (target - self.action), -limit, limit)
         return np.clip(self.action + delta, -1.0, 1.0).astype(np.float32)
 
     def brake_from(self, action: np.ndarray) -> np.ndarray:
@@ -468,9 +479,12 @@ def _out_and_back(w: _Walker) -> None:
     start, out = len(w.actions), []
     for j in range(n_out):
         candidate = w.smooth(w.command_to_action(command(j)))
-        ramp = w.braking_tail(candidate)
-        # The turn needs |last outward action| <= half, so that negating it is a legal change.
-        ramp_len = next((i + 1 for i, a in enumerate(ramp) if np.abs(a).max() <= half), 0) if np.abs(candidate).max() > half else 0
+        # The turn needs |last outward action| <= half, so that negating it is a legal change:
+        # count the braking steps needed to get there.
+        ramp_len = 0
+        if np.abs(candidate).max() > half:
+            ramp = w.braking_tail(candidate)
+            ramp_len = next(i + 1 for i, a in enumerate(ramp) if np.abs(a).max() <= half)
         if len(out) + 1 + ramp_len > budget or not w.safe(candidate):
             break
         w.take(candidate, label)
@@ -557,7 +571,8 @@ def generate_trajectory(
     Every random draw comes from ``rng`` (same generator state, same trajectory). ``start``
     (``c2w (4, 4)``) defaults to :func:`sample_start_pose`; a given start must satisfy the
     bounds (clearance, height, pitch, roll) itself. ``c2w`` is the start pose followed by
-    the ``move_chunk`` frames of each action, none of which collided.
+    the ``move_chunk`` frames of each action, none of which collided (a ``RuntimeError``
+    says otherwise, which the look-ahead makes unreachable).
     """
     cfg = cfg or TrajectoryConfig()
     motion = motion or MotionConfig()

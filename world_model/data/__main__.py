@@ -3,4 +3,4 @@
 from world_model.data.writer import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

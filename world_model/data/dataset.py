@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from sanawm_gym.geometry import is_rigid
 from world_model.data.layout import MANIFEST, file_sha256, read_manifest
 
-__all__ = ["ExternalPosedClips", "PosedClipDataset", "PosedVideoDataset", "open_dataset"]
+__all__ = ["ClipRead", "ExternalPosedClips", "PosedClipDataset", "PosedVideoDataset", "open_dataset"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 """Frame files recognised in a clip's ``frames/`` folder (any case)."""
@@ -63,8 +63,8 @@ class ClipRead(NamedTuple):
 class PosedClipDataset(Dataset):
     """Base class: random crops of ``clip_frames`` consecutive frames of posed clips.
 
-    Subclasses call ``super().__init__`` and then :meth:`_set_clips` with each clip's frame
-    count and a name for messages, and implement :meth:`_read`.
+    Subclasses call ``super().__init__``, then :meth:`_set_clips` with each clip's frame
+    count, and implement :meth:`clip_name` and :meth:`_read`.
 
     Args:
         clip_frames: T, frames per crop.
@@ -90,18 +90,25 @@ class PosedClipDataset(Dataset):
         self.samples_per_clip = samples_per_clip
         self.random_crop = random_crop
         self.epoch = 0
-        self.clip_lengths: list[int] = []
-        self.clip_names: list[str] = []
+        self.clip_lengths = np.zeros(0, dtype=np.int64)
+        """``(num_clips,)`` frames per clip."""
 
     # -- what subclasses provide
-    def _set_clips(self, lengths: list[int], names: list[str], source: str) -> None:
+    def _set_clips(self, lengths: np.ndarray | list[int], source: str) -> None:
         """Register each clip's frame count; raises if there is none or one is too short."""
-        if not lengths:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if not len(lengths):
             raise ValueError(f"{source}: no clips")
-        for length, name in zip(lengths, names):
-            if length < self.clip_frames:
-                raise ValueError(f"{name}: clip has {length} frames, fewer than clip_frames={self.clip_frames}")
-        self.clip_lengths, self.clip_names = list(lengths), list(names)
+        self.clip_lengths = lengths
+        short = np.flatnonzero(lengths < self.clip_frames)
+        if len(short):
+            clip = int(short[0])
+            raise ValueError(f"{self.clip_name(clip)}: clip has {lengths[clip]} frames, "
+                             f"fewer than clip_frames={self.clip_frames}")
+
+    def clip_name(self, clip: int) -> str:
+        """Where clip ``clip`` comes from, for messages."""
+        raise NotImplementedError
 
     def _read(self, clip: int, start: int, stop: int) -> ClipRead:
         """Frames ``start:stop`` of clip ``clip``."""
@@ -123,7 +130,7 @@ class PosedClipDataset(Dataset):
 
     def crop_start(self, index: int) -> int:
         """First frame of item ``index``'s crop."""
-        room = self.clip_lengths[index % self.num_clips] - self.clip_frames + 1
+        room = int(self.clip_lengths[index % self.num_clips]) - self.clip_frames + 1
         if not self.random_crop or room == 1:
             return 0
         return int(np.random.default_rng([self.seed, self.epoch, index]).integers(room))
@@ -139,13 +146,13 @@ class PosedClipDataset(Dataset):
         for key, shape in expected.items():
             got = getattr(read, key).shape
             if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-                raise ValueError(f"{self.clip_names[clip]}: {key} of frames {start}:{start + self.clip_frames} "
+                raise ValueError(f"{self.clip_name(clip)}: {key} of frames {start}:{start + self.clip_frames} "
                                  f"has shape {got}, expected {tuple('*' if s is None else s for s in shape)}")
         video = torch.from_numpy(np.ascontiguousarray(read.frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return {
             "video": video,  # (T, 3, H, W) in [-1, 1]
-            "c2w": torch.from_numpy(np.asarray(read.c2w, dtype=np.float32)),  # (T, 4, 4)
-            "intrinsics": torch.from_numpy(np.asarray(read.intrinsics, dtype=np.float32)),  # (T, 3, 3)
+            "c2w": torch.from_numpy(np.array(read.c2w, dtype=np.float32)),  # (T, 4, 4), a copy
+            "intrinsics": torch.from_numpy(np.array(read.intrinsics, dtype=np.float32)),  # (T, 3, 3), a copy
             "clip_index": clip,
             "start": start,
         }
@@ -184,10 +191,12 @@ class PosedVideoDataset(PosedClipDataset):
             raise ValueError(f"{self.root / MANIFEST}: shards hold {sum(s.num_clips for s in self.shards)} clips, "
                              f"the manifest says {manifest['num_clips']}")
         self._clip_shard = np.concatenate([np.full(s.num_clips, k) for k, s in enumerate(self.shards)])
-        names = [f"{s.path} [clip {s.first_clip + j}]" for s in self.shards for j in range(s.num_clips)]
-        self._set_clips([F] * len(names), names, str(self.root))
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._pid = os.getpid()
+        self._set_clips(np.full(len(self._clip_shard), F), str(self.root))
+
+    def clip_name(self, clip: int) -> str:
+        return f"{self.shards[int(self._clip_shard[clip])].path} [clip {clip}]"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -236,15 +245,15 @@ def _check_shard(path: Path, entry: dict[str, Any], n: int, fhw: tuple[int, int,
     if verify and file_sha256(path) != entry["sha256"]:
         raise ValueError(f"{path}: sha256 differs from the manifest (corrupt); re-run the writer to repair it")
     F, H, W = fhw
-    expected = {"frames": [n, F, H, W, 3], "c2w": [n, F, 4, 4], "intrinsics": [n, F, 3, 3]}
+    expected = {"frames": ("U8", [n, F, H, W, 3]), "c2w": ("F32", [n, F, 4, 4]), "intrinsics": ("F32", [n, F, 3, 3])}
     try:
         with safe_open(str(path), framework="np") as f:
-            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+            found = {key: (f.get_slice(key).get_dtype(), f.get_slice(key).get_shape()) for key in f.keys()}
     except SafetensorError as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    for key, shape in expected.items():
-        if shapes.get(key) != shape:
-            raise ValueError(f"{path}: array {key!r} has shape {shapes.get(key)}, expected {shape}")
+    for key, (dtype, shape) in expected.items():
+        if found.get(key) != (dtype, shape):
+            raise ValueError(f"{path}: array {key!r} is {found.get(key, 'missing')}, expected {dtype} {shape}")
 
 
 # ------------------------------------------------------------------------- external clips
@@ -284,7 +293,10 @@ class ExternalPosedClips(PosedClipDataset):
             raise ValueError(f"{self.root}: no clips found (a clip is a folder with frames/ or {VIDEO_NAME}, and "
                              "c2w.npy + intrinsics.npy or cameras.npz)")
         self.clips = [_load_clip(d) for d in folders]
-        self._set_clips([len(c.c2w) for c in self.clips], [str(c.folder) for c in self.clips], str(self.root))
+        self._set_clips([len(c.c2w) for c in self.clips], str(self.root))
+
+    def clip_name(self, clip: int) -> str:
+        return str(self.clips[clip].folder)
 
     def _read(self, clip: int, start: int, stop: int) -> ClipRead:
         c = self.clips[clip]

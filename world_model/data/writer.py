@@ -55,7 +55,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sanawm_gym.geometry import intrinsics_from_fov
 from sanawm_gym.kinematics import MotionConfig
-from sanawm_gym.reference_world import SceneConfig, generate_scene, render, render_backend
+from sanawm_gym.reference_world import WORLD_VERSION, SceneConfig, generate_scene, render, render_backend
 from sanawm_gym.reference_world.trajectories import TrajectoryConfig, generate_trajectory
 from world_model.data.layout import (
     ARRAYS,
@@ -98,6 +98,9 @@ class DatasetConfig:
     """Frame rate, frames per env step and speed limits (the env's)."""
     format_version: int = FORMAT_VERSION
     """Layout version of the shards."""
+    world_version: int = WORLD_VERSION
+    """Version of the reference world's generators and renderer: a resume refuses to mix
+    clips written by different versions."""
 
     def __post_init__(self) -> None:
         if self.frames_per_clip < 1:
@@ -132,7 +135,8 @@ def _render_clip(cfg: DatasetConfig, index: int, K: np.ndarray) -> dict[str, np.
     """Scene, trajectory and frames of clip ``index`` (arrays without the clip axis)."""
     scene_seed, trajectory_seed = clip_seeds(cfg.seed, index)
     scene = generate_scene(scene_seed, cfg.scene)
-    traj = generate_trajectory(scene, cfg.steps_per_clip, np.random.default_rng(trajectory_seed), cfg.trajectory, cfg.motion)
+    rng = np.random.default_rng(trajectory_seed)
+    traj = generate_trajectory(scene, cfg.steps_per_clip, rng, cfg.trajectory, cfg.motion)
     c2w = traj.c2w[: cfg.frames_per_clip]  # (F, 4, 4)
     frames = render(scene, c2w, K, cfg.height, cfg.width).rgb  # (F, H, W, 3), all frames in one call
     return {
@@ -244,26 +248,36 @@ def _write(folder: Path, cfg: DatasetConfig, num_clips: int, progress: bool) -> 
     already = sum(e["clips"][1] - e["clips"][0] for e in entries)
     if done:
         log.info("%s: %d of %d shards already written and valid; resuming", folder, len(done), len(plan))
+    if todo:
+        log.info("%s: rendering %d of %d clips, %d frames at %dx%d, %d clips per shard", folder, num_clips - already,
+                 num_clips, cfg.frames_per_clip, cfg.height, cfg.width, cfg.clips_per_shard)
+    else:
+        log.info("%s: all %d clips already written and valid", folder, num_clips)
 
     K = intrinsics_from_fov(cfg.fov_deg, cfg.height, cfg.width).numpy()
-    bar = tqdm(total=num_clips, initial=already, unit="clip", desc="clips", disable=not progress, dynamic_ncols=True)
-    for name, (lo, hi) in todo:
-        clips = []
-        for i in range(lo, hi):
-            clips.append(_render_clip(cfg, i, K))
-            bar.update(1)
-        arrays = {key: np.ascontiguousarray(np.stack([c[key] for c in clips])) for key in clips[0]}
-        # One metadata key: safetensors writes several in no fixed order, and re-runs must be byte-identical.
-        about = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "clips": [lo, hi]})
-        data = safetensors.numpy.save(arrays, metadata={"dataset": about})
-        atomic_write(folder / name, data)
-        entries.append({"file": name, "clips": [lo, hi], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        entries.sort(key=lambda e: e["clips"][0])
-        complete = len(entries) == len(plan)
-        atomic_write(folder / MANIFEST, _json(_manifest(cfg, num_clips, entries, complete)))
-        log.info("wrote %s (clips %d..%d, %.1f MB)", name, lo, hi - 1, len(data) / 1e6)
-    bar.close()
+    with tqdm(total=num_clips, initial=already, unit="clip", desc="clips", disable=not progress) as bar:
+        for name, (lo, hi) in todo:
+            entries.append(_write_shard(folder, cfg, name, lo, hi, K, bar))
+            entries.sort(key=lambda e: e["clips"][0])
+            complete = len(entries) == len(plan)
+            atomic_write(folder / MANIFEST, _json(_manifest(cfg, num_clips, entries, complete)))
     return num_clips - already
+
+
+def _write_shard(folder: Path, cfg: DatasetConfig, name: str, lo: int, hi: int, K: np.ndarray,
+                 bar: tqdm) -> dict[str, Any]:
+    """Render clips ``lo:hi`` into shard ``name``; returns its manifest entry."""
+    clips = []
+    for i in range(lo, hi):
+        clips.append(_render_clip(cfg, i, K))
+        bar.update(1)
+    arrays = {key: np.ascontiguousarray(np.stack([c[key] for c in clips])) for key in clips[0]}
+    # One metadata key: safetensors writes several in no fixed order, and re-runs must be byte-identical.
+    about = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "clips": [lo, hi]})
+    data = safetensors.numpy.save(arrays, metadata={"dataset": about})
+    atomic_write(folder / name, data)
+    log.info("wrote %s (clips %d..%d, %.1f MB)", name, lo, hi - 1, len(data) / 1e6)
+    return {"file": name, "clips": [lo, hi], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _json(data: dict[str, Any]) -> bytes:
@@ -271,8 +285,9 @@ def _json(data: dict[str, Any]) -> bytes:
 
 
 # ---------------------------------------------------------------------------- command line
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m world_model.data --out DIR --clips N --frames F ...``"""
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m world_model.data --out DIR --clips N --frames F ...``; returns the exit
+    status (0), or exits with status 2 and the message on a ``ValueError``."""
     parser = argparse.ArgumentParser(prog="python -m world_model.data", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="dataset folder (created; resumed if it holds the same config)")
     parser.add_argument("--clips", type=int, required=True, help="number of clips")
@@ -296,3 +311,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     print(f"{args.clips} clips x {args.frames} frames at {args.height}x{args.width} in {args.out} "
           f"({written} rendered now): {seconds:.1f} s, {written / seconds:.2f} clips/s")
+    return 0
