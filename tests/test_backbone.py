@@ -1,0 +1,178 @@
+"""Invariants of the SANA-WM backbone: chunk causality, streaming equals the full pass,
+bounded state, zero camera branches at initialisation, relative-pose attention."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from sanawm_gym.geometry import exp_se3, intrinsics_from_fov
+from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs, state_nbytes
+from world_model.model.camera import CameraInputs
+from world_model.model.layers import ucpe_inputs, ucpe_output
+from world_model.model.rope import rope_angles, token_positions
+
+SMALL = WorldModelConfig(latent_channels=4, latent_height=4, latent_width=4, depth=4, width=32, num_heads=2,
+                         softmax_every=2, chunk_frames=2, first_chunk_frames=1, softmax_window_chunks=2)
+"""Blocks 1 and 3 softmax, chunks 1 + 2 + 2 + ..., a window of 2 chunks (so it wraps)."""
+
+
+def make_inputs(cfg: WorldModelConfig, T: int, B: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lat = torch.randn(B, T, cfg.latent_channels, cfg.latent_height, cfg.latent_width, generator=g)
+    t = torch.rand(B, T, generator=g)
+    k = cfg.frames_per_latent
+    F = 1 + k * (T - 1)
+    twist = torch.randn(B, 6, generator=g, dtype=torch.float64) * 0.3
+    steps = torch.arange(F, dtype=torch.float64)[None, :, None] * 0.0625
+    c2w = exp_se3(twist[:, None] * steps)  # (B, F, 4, 4) a smooth camera path
+    K = intrinsics_from_fov(90, 8 * cfg.latent_height, 8 * cfg.latent_width)
+    cam = camera_inputs(c2w, K, (8 * cfg.latent_height, 8 * cfg.latent_width), (cfg.latent_height, cfg.latent_width),
+                        k, cfg.pose_scale)
+    return lat, t, cam, c2w, K
+
+
+def randomise_zero_inits(model: torch.nn.Module, seed: int = 1) -> None:
+    """Give the zero-initialised parts (camera outputs, Plücker, temporal conv, final layer,
+    gates) random values so that the invariants are tested on a model that uses them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.abs().sum() == 0 or "gate" in name or "beta" in name or "decay" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (p if "bias" in name else 0))
+
+
+def slice_cam(cam: CameraInputs, sl: slice) -> CameraInputs:
+    return CameraInputs(*(x[:, sl] for x in cam))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = WorldModelBackbone(SMALL).eval()
+    randomise_zero_inits(m)
+    return m
+
+
+def test_chunk_causality(model):
+    T = 7  # chunks [1, 2, 2, 2]
+    lat, t, cam, _, _ = make_inputs(SMALL, T)
+    with torch.no_grad():
+        ref, _ = model(lat, t, cam)
+        for start in (1, 3, 5):  # first frame of chunk c + 1
+            lat2, t2 = lat.clone(), t.clone()
+            lat2[:, start:] += torch.randn_like(lat2[:, start:])
+            t2[:, start:] = torch.rand_like(t2[:, start:])
+            cam2 = CameraInputs(*(torch.cat([x[:, :start], x[:, start:] + torch.randn_like(x[:, start:])], 1) for x in cam))
+            out, _ = model(lat2, t2, cam2)
+            torch.testing.assert_close(out[:, :start], ref[:, :start], rtol=0, atol=1e-6)
+            assert (out[:, start:] - ref[:, start:]).abs().max() > 1e-3
+
+
+def test_streaming_equals_full_pass(model):
+    T = 9  # chunks [1, 2, 2, 2, 2]: the softmax ring of 2 chunks wraps twice
+    lat, t, cam, _, _ = make_inputs(SMALL, T)
+    with torch.no_grad():
+        full, full_state = model(lat, t, cam)
+        state, outs, start = None, [], 0
+        for n in SMALL.chunk_lengths(T):
+            sl = slice(start, start + n)
+            out, state = model(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state)
+            outs.append(out)
+            start += n
+    stream = torch.cat(outs, 1)
+    rel = (stream - full).norm() / full.norm()
+    assert rel <= 1e-5
+    for name, a in full_state.tensors().items():
+        torch.testing.assert_close(state.tensors()[name], a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_state_size_is_independent_of_episode_length():
+    cfg = dataclasses.replace(SMALL, depth=2, chunk_frames=1)
+    torch.manual_seed(0)
+    m = WorldModelBackbone(cfg).eval()
+    lat, t, cam, _, _ = make_inputs(cfg, 240, B=1)
+    sizes = {}
+    with torch.no_grad():
+        state = None
+        for i in range(240):  # one minute at 4 latent frames per second
+            _, state = m(lat[:, i : i + 1], t[:, i : i + 1], slice_cam(cam, slice(i, i + 1)), state=state)
+            if i + 1 in (1, 2, 240):
+                sizes[i + 1] = state_nbytes(state)
+    assert sizes[1] == sizes[2] == sizes[240]
+    assert int(state.frame_index) == 240 and int(state.chunk_index) == 240
+
+
+def test_camera_branches_contribute_exactly_zero_at_init():
+    torch.manual_seed(0)
+    m = WorldModelBackbone(SMALL)
+    with torch.no_grad():  # a non-trivial output: un-zero only the final projection
+        m.final.weight.normal_()
+    lat, t, cam, _, _ = make_inputs(SMALL, 5)
+    with_cam, _ = m(lat, t, cam)
+    without, _ = m(lat, t, None)
+    assert with_cam.abs().max() > 0
+    assert torch.equal(with_cam, without)
+    # ... yet the branches are trainable: their zero-initialised outputs get gradients.
+    with_cam.square().mean().backward()
+    assert m.blocks[0].attn.cam_out.weight.grad.abs().sum() > 0
+    assert m.blocks[1].attn.cam_out.weight.grad.abs().sum() > 0
+    assert m.blocks[0].plucker.weight.grad.abs().sum() > 0
+
+
+def test_gate_initial_values():
+    m = WorldModelBackbone(SMALL)
+    gdn = m.blocks[0].attn
+    x = torch.randn(3, SMALL.width)
+    assert torch.allclose(torch.nn.functional.silu(gdn.gate(x)), torch.ones(3, SMALL.width), atol=1e-4)
+    assert torch.allclose(torch.sigmoid(gdn.beta(x)), torch.full((3, SMALL.num_heads), torch.sigmoid(torch.tensor(5.0)).item()))
+    rate = torch.nn.functional.softplus(gdn.decay(x) + gdn.dt_bias)
+    assert torch.allclose(torch.exp(-torch.exp(gdn.A_log) * rate), torch.tensor(0.99331), atol=1e-5)
+    assert torch.equal(gdn.k_conv[:, :-1], torch.zeros_like(gdn.k_conv[:, :-1])) and (gdn.k_conv[:, -1] == 1).all()
+
+
+def test_ucpe_logits_depend_only_on_relative_pose():
+    """q_i . k_j of the camera branch is unchanged when every ray frame moves by one global
+    rigid transform (and the rotary half stays put)."""
+    cfg = SMALL
+    B, T, S, H, D = 1, 2, cfg.tokens_per_frame, 2, 16
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, T, S, H, D, generator=g) for _ in range(3))
+    _, _, cam, _, _ = make_inputs(cfg, T, B=1)
+    G = exp_se3(torch.tensor([0.3, -0.2, 0.5, 0.4, 0.1, -0.7], dtype=torch.float64)).float()
+    moved = CameraInputs(cam.plucker, G @ cam.ray_to_world, cam.world_to_ray @ torch.linalg.inv(G))
+    rope = rope_angles(token_positions(T, cfg.latent_height, cfg.latent_width), D // 2, 10000.0)
+    rope = tuple(a[None, :, :, None] for a in rope)
+    q1, k1, _ = ucpe_inputs(q, k, v, cam, rope)
+    q2, k2, _ = ucpe_inputs(q, k, v, moved, rope)
+    logits1 = torch.einsum("bthd,bshd->bhts", q1.flatten(1, 2), k1.flatten(1, 2))
+    logits2 = torch.einsum("bthd,bshd->bhts", q2.flatten(1, 2), k2.flatten(1, 2))
+    torch.testing.assert_close(logits1, logits2, rtol=1e-4, atol=1e-4)
+    # The output map inverts the value map for a token attending only to itself.
+    _, _, v1 = ucpe_inputs(q, k, v, cam, rope)
+    torch.testing.assert_close(ucpe_output(v1, cam), v, rtol=1e-4, atol=1e-4)
+
+
+def test_parameter_counts():
+    tiny = sum(p.numel() for p in WorldModelBackbone(WorldModelConfig.tiny()).parameters())
+    assert 1e6 < tiny < 6e6
+    with torch.device("meta"):
+        full = WorldModelBackbone(WorldModelConfig.sana_wm())
+    n = sum(p.numel() for p in full.parameters())
+    assert 1e9 < n < 5e9  # billions, like the released model
+
+
+def test_bad_inputs(model):
+    lat, t, cam, _, _ = make_inputs(SMALL, 3)
+    with pytest.raises(ValueError, match="latents must be"):
+        model(lat[:, :, :2], t, cam)
+    with pytest.raises(ValueError, match="timesteps"):
+        model(lat, t[:, :2], cam)
+    with pytest.raises(ValueError, match="chunk_lengths"):
+        model(lat, t, cam, chunk_lengths=[1, 1])
+    with pytest.raises(ValueError, match="sink"):
+        model(lat, t, cam, chunk_lengths=[3])
+    with pytest.raises(ValueError, match="divisible"):
+        WorldModelConfig(width=30, num_heads=4)

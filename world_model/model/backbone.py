@@ -1,0 +1,102 @@
+"""The backbone: a chunk-causal hybrid DiT over latent video (a miniature SANA-WM).
+
+``latents (B, T, C_lat, h, w)`` with per-frame flow-matching times ``timesteps (B, T)``
+(0 = clean, 1 = noise) -> velocity ``(B, T, C_lat, h, w)``. A full pass over a sequence
+(training) and chunk-by-chunk streaming with the carried :class:`StreamState`
+(generation) compute the same function: see ``tests/test_backbone.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from world_model.model.camera import CameraInputs
+from world_model.model.config import WorldModelConfig
+from world_model.model.layers import Block, RotaryTables
+from world_model.model.rope import rope_angles, token_positions
+from world_model.model.state import StreamState, init_state
+
+__all__ = ["WorldModelBackbone", "timestep_embedding"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of flow times ``t (...)`` in [0, 1] (scaled by 1000) -> ``(..., dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[..., None] * 1000.0 * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class WorldModelBackbone(nn.Module):
+    """Patch embed (1x1) -> ``depth`` blocks (frame-wise GDN, softmax every ``softmax_every``)
+    -> adaLN final layer (zero-initialised) -> velocity."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.width
+        self.embed = nn.Linear(cfg.latent_channels, C)
+        self.t_embed = nn.Sequential(nn.Linear(256, C), nn.SiLU(), nn.Linear(C, C))
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.final_table = nn.Parameter(torch.randn(2, C) / math.sqrt(C))
+        self.final = nn.Linear(C, cfg.latent_channels)
+        nn.init.zeros_(self.final.weight)
+        nn.init.zeros_(self.final.bias)
+
+    def init_state(self, batch_size: int, device=None) -> StreamState:
+        return init_state(self.cfg, batch_size, device)
+
+    def _rope(self, num_frames: int, frame_offset: int, device) -> RotaryTables:
+        cfg = self.cfg
+        pos = token_positions(num_frames, cfg.latent_height, cfg.latent_width, frame_offset, device)  # (T, S, 3)
+        full = rope_angles(pos, cfg.head_dim, cfg.rope_theta)
+        half = rope_angles(pos, cfg.head_dim // 2, cfg.rope_theta)
+        return RotaryTables(tuple(a[:, :, None] for a in full), tuple(a[:, :, None] for a in half))
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        camera: CameraInputs | None,
+        chunk_lengths: list[int] | None = None,
+        state: StreamState | None = None,
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Velocity for ``latents (B, T, C_lat, h, w)`` and the state after these frames.
+
+        ``chunk_lengths`` cut the T frames into chunks (default: the config's schedule,
+        continuing from ``state``); ``state`` holds everything before (default: empty).
+        The returned state is what a caller carries to the next chunk after a clean
+        "commit" pass; after a denoising pass it is simply dropped.
+        """
+        cfg = self.cfg
+        B, T, Cl, h, w = latents.shape
+        if (Cl, h, w) != (cfg.latent_channels, cfg.latent_height, cfg.latent_width):
+            raise ValueError(f"latents must be (B, T, {cfg.latent_channels}, {cfg.latent_height}, {cfg.latent_width}), "
+                             f"got {tuple(latents.shape)}")
+        if timesteps.shape != (B, T):
+            raise ValueError(f"timesteps must be (B, T) = {(B, T)}, got {tuple(timesteps.shape)}")
+        state = state if state is not None else self.init_state(B, latents.device)
+        chunk_index = int(state.chunk_index)
+        frame_index = int(state.frame_index)
+        if chunk_lengths is None:
+            chunk_lengths = cfg.chunk_lengths(T, first=None if chunk_index == 0 else cfg.chunk_frames)
+        if sum(chunk_lengths) != T or min(chunk_lengths) < 1:
+            raise ValueError(f"chunk_lengths {list(chunk_lengths)} must be positive and sum to T={T}")
+        x = self.embed(latents.permute(0, 1, 3, 4, 2).reshape(B, T, h * w, Cl))  # (B, T, S, C)
+        t_emb = self.t_embed(timestep_embedding(timesteps, 256))  # (B, T, C)
+        t_mod = self.t_block(t_emb).unflatten(-1, (6, cfg.width))  # (B, T, 6, C)
+        rope = self._rope(T, frame_index, latents.device)
+        blocks = []
+        for block, block_state in zip(self.blocks, state.blocks):
+            x, new = block(x, t_mod, chunk_lengths, rope, camera, block_state, chunk_index)
+            blocks.append(new)
+        shift, scale = (self.final_table[None, None] + t_emb[:, :, None]).unbind(2)  # (B, T, C) each
+        x = F.layer_norm(x, (cfg.width,), eps=cfg.norm_eps) * (1 + scale[:, :, None]) + shift[:, :, None]
+        v = self.final(x).reshape(B, T, h, w, Cl).permute(0, 1, 4, 2, 3)  # (B, T, C_lat, h, w)
+        new_state = StreamState(blocks, state.frame_index + T, state.chunk_index + len(chunk_lengths))
+        return v, new_state

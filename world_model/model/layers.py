@@ -1,0 +1,325 @@
+"""Layers of the SANA-WM miniature: frame-wise Gated DeltaNet attention, chunk-causal softmax
+attention with a sink + window cache, the UCPE relative-pose branch, the GLU-MBConv
+feed-forward with its temporal conv, and the block that assembles them (DESIGN.md).
+
+Tokens are laid out ``x: (B, T, S, C)``: T latent frames, S = h*w tokens per frame.
+Each layer's ``forward`` takes the carried state of its block and returns the new one;
+nothing is kept in module attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from world_model.model.camera import CameraInputs
+from world_model.model.config import WorldModelConfig
+from world_model.model.rope import apply_rope
+from world_model.model.state import GDNBlockState, SoftmaxBlockState, cache_slots
+from world_model.ops.dispatch import framewise_gdn, rms_norm, short_conv_frames
+from world_model.ops.framewise_gdn import GDNState
+
+__all__ = ["Block", "ChunkSoftmaxAttention", "FrameGDNAttention", "GLUMBConvFFN", "RotaryTables", "ucpe_inputs", "ucpe_output"]
+
+GATE_BIAS = 1.2785
+"""SiLU(1.2785) = 1: the output gate starts as the identity."""
+
+
+class RotaryTables(NamedTuple):
+    """cos/sin of the token positions for a full head (``full``) and for the rotary half of
+    the camera branch (``half``), each ``(T, S, 1, dim/2)`` ready to broadcast over heads."""
+
+    full: tuple[torch.Tensor, torch.Tensor]
+    half: tuple[torch.Tensor, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------- UCPE
+def _apply_groups(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``x (B, T, S, H, 4G)`` channel groups of 4 times ``m (B, T, S, 4, 4)``: ``m @ group``."""
+    g = x.unflatten(-1, (-1, 4))  # (B, T, S, H, G, 4)
+    return torch.einsum("btsij,btshgj->btshgi", m, g).flatten(-2)
+
+
+def ucpe_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, camera: CameraInputs, rope_half) -> tuple:
+    """Relative-pose (GTA/UCPE-style) q, k, v of the camera branch, ``(B, T, S, H, D)`` each.
+
+    The first half of each head's channels is split into groups of 4 and transformed by the
+    token's ray frame: ``P^T q``, ``P^-1 k``, ``P^-1 v`` (P = world -> ray), so that
+    ``q_i . k_j = q_i^T P_i P_j^-1 k_j`` depends only on the relative pose of the two rays;
+    the second half gets rotary positions (q and k).
+    """
+    d2 = q.shape[-1] // 2
+    p_t = camera.world_to_ray.transpose(-1, -2)
+    p_inv = camera.ray_to_world
+    cos, sin = rope_half
+    q2 = torch.cat([_apply_groups(q[..., :d2], p_t), apply_rope(q[..., d2:], cos, sin)], -1)
+    k2 = torch.cat([_apply_groups(k[..., :d2], p_inv), apply_rope(k[..., d2:], cos, sin)], -1)
+    v2 = torch.cat([_apply_groups(v[..., :d2], p_inv), v[..., d2:]], -1)
+    return q2, k2, v2
+
+
+def ucpe_output(o: torch.Tensor, camera: CameraInputs) -> torch.Tensor:
+    """Map the camera branch's output back to the token's own frame: ``P o`` on the first half."""
+    d2 = o.shape[-1] // 2
+    return torch.cat([_apply_groups(o[..., :d2], camera.world_to_ray), o[..., d2:]], -1)
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    return x.unflatten(-1, (h, -1))  # (..., C) -> (..., H, D)
+
+
+# ------------------------------------------------------------------ frame-wise Gated DeltaNet
+class FrameGDNAttention(nn.Module):
+    """Frame-wise Gated DeltaNet (DESIGN.md), chunk-causal, with the UCPE camera branch.
+
+    Per head, with ``K~, Q~`` the rotary copies (numerator only) and ``B_t = diag(beta)``:
+    ``S_t = gamma_t S_{t-1} (I - K~_t B_t K~_t^T) + V_t B_t K~_t^T``,
+    ``z_t = gamma_t (I - K_t B_t K_t^T) z_{t-1} + K_t B_t 1``,
+    ``o = S_t q~ / (z_t^T q + eps)``, forward scan carried across chunks plus an exclusive
+    backward scan inside each chunk (:mod:`world_model.ops.framewise_gdn`).
+
+    Gates: ``beta = sigmoid(W_b x + b_b)`` per token (W_b = 0, b_b = 5);
+    ``gamma = exp(-exp(A_log) softplus(W_a mean_s(x) + b_a + dt_bias))`` per frame (W_a = 0,
+    b_a = 0, dt_bias = -5, A_log = 0: gamma ~ 0.993); output
+    ``(o + camera) * SiLU(W_g x + b_g)`` (W_g = 0, b_g = 1.2785) then a projection.
+
+    The camera branch has its own q/k/v (same feature map, short conv on k), UCPE
+    transforms, its own state ``S_cam``; it shares beta, gamma, the normaliser (the main
+    branch's denominator: a choice, DESIGN.md is silent) and the output gate; its output
+    projection is zero-initialised.
+    """
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        C, H, D = cfg.width, cfg.num_heads, cfg.head_dim
+        self.cfg, self.H, self.D = cfg, H, D
+        nb = 2 if cfg.camera_branches else 1
+        self.qkv = nn.Linear(C, 3 * C, bias=False)
+        self.q_norm = nn.Parameter(torch.ones(D))
+        self.k_norm = nn.Parameter(torch.ones(D))
+        conv = torch.zeros(nb * C, cfg.short_conv_kernel)
+        conv[:, -1] = 1.0  # identity initialisation
+        self.k_conv = nn.Parameter(conv)
+        self.beta = nn.Linear(C, H)
+        self.decay = nn.Linear(C, H)
+        self.dt_bias = nn.Parameter(torch.full((H,), -5.0))
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.gate = nn.Linear(C, C)
+        self.out = nn.Linear(C, C)
+        if cfg.camera_branches:
+            self.cam_qkv = nn.Linear(C, 3 * C, bias=False)
+            self.cam_q_norm = nn.Parameter(torch.ones(D))
+            self.cam_k_norm = nn.Parameter(torch.ones(D))
+            self.cam_out = nn.Linear(C, C)
+        self.reset_gates()
+
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        nn.init.zeros_(self.beta.weight)
+        nn.init.constant_(self.beta.bias, 5.0)
+        nn.init.zeros_(self.decay.weight)
+        nn.init.zeros_(self.decay.bias)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, GATE_BIAS)
+        if self.cfg.camera_branches:
+            nn.init.zeros_(self.cam_out.weight)
+            nn.init.zeros_(self.cam_out.bias)
+
+    def _features(self, q, k, q_w, k_w):
+        """RMSNorm and ReLU on q and k per head; k scaled by D^-1/2 S^-1/2."""
+        S = q.shape[2]
+        q = F.relu(rms_norm(q, q_w, self.cfg.norm_eps))
+        k = F.relu(rms_norm(k, k_w, self.cfg.norm_eps)) * (self.D**-0.5 * S**-0.5)
+        return q, k
+
+    def forward(self, x: torch.Tensor, chunk_lengths: list[int], rope: RotaryTables, camera: CameraInputs | None,
+                state: GDNBlockState) -> tuple[torch.Tensor, dict]:
+        H, C = self.H, self.cfg.width
+        use_cam = camera is not None and self.cfg.camera_branches
+        q, k, v = self.qkv(x).chunk(3, -1)  # (B, T, S, C) each
+        keys = k
+        if self.cfg.camera_branches:
+            qc, kc, vc = self.cam_qkv(x).chunk(3, -1)
+            keys = torch.cat([k, kc], -1)
+        keys, k_conv = short_conv_frames(keys.float(), self.k_conv, state.k_conv)  # causal over frames
+        k = keys[..., :C]
+        q, k = self._features(_heads(q, H), _heads(k, H), self.q_norm, self.k_norm)
+        v = _heads(v, H).float()
+        beta = torch.sigmoid(self.beta(x)).float()  # (B, T, S, H)
+        rate = F.softplus(self.decay(x.mean(2)) + self.dt_bias)  # (B, T, H)
+        gamma = torch.exp(-torch.exp(self.A_log) * rate).float()
+        cos, sin = rope.full
+        main = framewise_gdn(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, beta, gamma, chunk_lengths,
+                             q_den=q, k_den=k, initial_state=GDNState(state.S, state.z))
+        den = main.denominator[..., None] + self.cfg.gdn_eps
+        o = (main.numerator / den).flatten(-2)  # (B, T, S, C)
+        S_cam = state.S_cam
+        if use_cam:
+            qc, kc = self._features(_heads(qc, H), _heads(keys[..., C:], H), self.cam_q_norm, self.cam_k_norm)
+            qc, kc, vc = ucpe_inputs(qc, kc, _heads(vc, H).float(), camera, rope.half)
+            cam = framewise_gdn(qc, kc, vc, beta, gamma, chunk_lengths, initial_state=GDNState(state.S_cam, None))
+            S_cam = cam.state.S
+            o = o + self.cam_out(ucpe_output(cam.numerator / den, camera).flatten(-2).to(x.dtype)).float()
+        y = self.out((o * F.silu(self.gate(x)).float()).to(x.dtype))
+        return y, dict(S=main.state.S, z=main.state.z, S_cam=S_cam, k_conv=k_conv)
+
+
+# -------------------------------------------------------------------- chunk-causal softmax
+class ChunkSoftmaxAttention(nn.Module):
+    """Softmax attention, full inside a chunk and causal across chunks, over a *sink* (the
+    first chunk) plus a window of the ``softmax_window_chunks`` most recent chunks.
+
+    Training and streaming share one path: chunks are processed in order against the
+    cache, and each chunk's keys/values are written into it afterwards (the sink slots for
+    chunk 0, a ring of window slots after), so a full pass and chunk-by-chunk generation
+    see exactly the same keys. q/k get RMSNorm and rotary positions; the camera branch's
+    heads (UCPE-transformed) run in the same attention call as extra heads; the output is
+    gated like the GDN blocks'.
+    """
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        C, H, D = cfg.width, cfg.num_heads, cfg.head_dim
+        self.cfg, self.H, self.D = cfg, H, D
+        self.qkv = nn.Linear(C, 3 * C, bias=False)
+        self.q_norm = nn.Parameter(torch.ones(D))
+        self.k_norm = nn.Parameter(torch.ones(D))
+        self.gate = nn.Linear(C, C)
+        self.out = nn.Linear(C, C)
+        if cfg.camera_branches:
+            self.cam_qkv = nn.Linear(C, 3 * C, bias=False)
+            self.cam_q_norm = nn.Parameter(torch.ones(D))
+            self.cam_k_norm = nn.Parameter(torch.ones(D))
+            self.cam_out = nn.Linear(C, C)
+        self.reset_gates()
+
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, GATE_BIAS)
+        if self.cfg.camera_branches:
+            nn.init.zeros_(self.cam_out.weight)
+            nn.init.zeros_(self.cam_out.bias)
+
+    def _slots(self, chunk_index: int, n: int) -> slice:
+        cfg = self.cfg
+        if chunk_index == 0:
+            if n > cfg.first_chunk_frames:
+                raise ValueError(f"first chunk has {n} frames; the cache's sink holds first_chunk_frames={cfg.first_chunk_frames}")
+            return slice(0, n)
+        if n > cfg.chunk_frames:
+            raise ValueError(f"chunk of {n} frames; chunks after the first hold at most chunk_frames={cfg.chunk_frames}")
+        if cfg.softmax_window_chunks == 0:
+            return slice(0, 0)
+        base = cfg.first_chunk_frames + ((chunk_index - 1) % cfg.softmax_window_chunks) * cfg.chunk_frames
+        return slice(base, base + n)
+
+    def forward(self, x: torch.Tensor, chunk_lengths: list[int], rope: RotaryTables, camera: CameraInputs | None,
+                state: SoftmaxBlockState, chunk_index: int) -> tuple[torch.Tensor, dict]:
+        H, D, C = self.H, self.D, self.cfg.width
+        B, T, S, _ = x.shape
+        cos, sin = rope.full
+        q, k, v = (_heads(t, H) for t in self.qkv(x).float().chunk(3, -1))
+        q = apply_rope(rms_norm(q, self.q_norm, self.cfg.norm_eps), cos, sin)
+        k = apply_rope(rms_norm(k, self.k_norm, self.cfg.norm_eps), cos, sin)
+        use_cam = camera is not None and self.cfg.camera_branches
+        if self.cfg.camera_branches:
+            if use_cam:
+                qc, kc, vc = (_heads(t, H) for t in self.cam_qkv(x).float().chunk(3, -1))
+                qc = rms_norm(qc, self.cam_q_norm, self.cfg.norm_eps)
+                kc = rms_norm(kc, self.cam_k_norm, self.cfg.norm_eps)
+                qc, kc, vc = ucpe_inputs(qc, kc, vc, camera, rope.half)
+            else:  # no camera: the camera heads attend to nothing useful and are dropped below
+                qc = kc = vc = torch.zeros_like(q)
+            q, k, v = torch.cat([q, qc], 3), torch.cat([k, kc], 3), torch.cat([v, vc], 3)  # (B, T, S, 2H, D)
+        cache_k, cache_v, valid = state.k, state.v, state.valid
+        outs, start = [], 0
+        for i, n in enumerate(chunk_lengths):
+            sl = slice(start, start + n)
+            qi = q[:, sl].flatten(1, 2).transpose(1, 2)  # (B, heads, n*S, D)
+            keys = torch.cat([cache_k[:, valid], k[:, sl]], 1).flatten(1, 2).transpose(1, 2)  # (B, heads, L*S, D)
+            vals = torch.cat([cache_v[:, valid], v[:, sl]], 1).flatten(1, 2).transpose(1, 2)
+            o = F.scaled_dot_product_attention(qi, keys, vals)  # (B, heads, n*S, D)
+            outs.append(o.transpose(1, 2).unflatten(1, (n, S)))  # (B, n, S, heads, D)
+            slots = self._slots(chunk_index + i, n)
+            if slots.stop > slots.start:  # out of place, so that training can backpropagate through it
+                valid = valid.clone()
+                if chunk_index + i > 0:
+                    valid[slots.start : slots.start + self.cfg.chunk_frames] = False  # the chunk this ring slot held
+                valid[slots] = True
+                idx = torch.arange(slots.start, slots.stop, device=x.device)
+                cache_k = cache_k.index_copy(1, idx, k[:, sl])
+                cache_v = cache_v.index_copy(1, idx, v[:, sl])
+            start += n
+        o = torch.cat(outs, 1)  # (B, T, S, heads, D)
+        y = o[..., :H, :].flatten(-2)
+        if use_cam:
+            y = y + self.cam_out(ucpe_output(o[..., H:, :], camera).flatten(-2).to(x.dtype)).float()
+        y = self.out((y * F.silu(self.gate(x)).float()).to(x.dtype))
+        return y, dict(k=cache_k, v=cache_v, valid=valid)
+
+
+# ------------------------------------------------------------------------------ feed-forward
+class GLUMBConvFFN(nn.Module):
+    """GLU MBConv: 1x1 expand, 3x3 depthwise (per frame), GLU, causal temporal conv over
+    frames (kernel 3, zero-initialised, residual), 1x1 project."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        hid = cfg.hidden_dim
+        self.cfg = cfg
+        self.expand = nn.Linear(cfg.width, 2 * hid)
+        self.depthwise = nn.Conv2d(2 * hid, 2 * hid, 3, padding=1, groups=2 * hid)
+        self.temporal = nn.Parameter(torch.zeros(hid, cfg.temporal_conv_kernel))
+        self.project = nn.Linear(hid, cfg.width)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, S, _ = x.shape
+        h, w = self.cfg.latent_height, self.cfg.latent_width
+        y = self.expand(x)  # (B, T, S, 2hid)
+        y = y.reshape(B * T, h, w, -1).permute(0, 3, 1, 2)  # (B*T, 2hid, h, w)
+        y = self.depthwise(y).permute(0, 2, 3, 1).reshape(B, T, S, -1)
+        a, g = y.chunk(2, -1)
+        y = a * F.silu(g)  # (B, T, S, hid)
+        t, cache = short_conv_frames(y.float(), self.temporal, cache)
+        return self.project((y.float() + t).to(x.dtype)), cache
+
+
+# ------------------------------------------------------------------------------------ block
+class Block(nn.Module):
+    """``x += gate * Attn(mod(LN x)); x += Plücker(cam); x += gate * FFN(mod(LN x))`` with
+    per-frame shift/scale/gate from the timestep (adaLN-single: a shared projection of the
+    timestep embedding plus this block's learned table)."""
+
+    def __init__(self, cfg: WorldModelConfig, index: int):
+        super().__init__()
+        self.cfg, self.index = cfg, index
+        self.softmax = cfg.is_softmax_block(index)
+        self.attn = ChunkSoftmaxAttention(cfg) if self.softmax else FrameGDNAttention(cfg)
+        self.ffn = GLUMBConvFFN(cfg)
+        self.table = nn.Parameter(torch.randn(6, cfg.width) / math.sqrt(cfg.width))
+        if cfg.camera_branches:
+            self.plucker = nn.Linear(6 * cfg.frames_per_latent, cfg.width)  # a 1x1 conv over the latent grid
+            nn.init.zeros_(self.plucker.weight)
+            nn.init.zeros_(self.plucker.bias)
+
+    def forward(self, x, t_mod, chunk_lengths, rope, camera, state, chunk_index):
+        eps = self.cfg.norm_eps
+        mod = (t_mod + self.table)[:, :, None]  # (B, T, 1, 6, C)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(3)
+        h = F.layer_norm(x, (x.shape[-1],), eps=eps) * (1 + scale1) + shift1
+        if self.softmax:
+            a, attn_state = self.attn(h, chunk_lengths, rope, camera, state, chunk_index)
+        else:
+            a, attn_state = self.attn(h, chunk_lengths, rope, camera, state)
+        x = x + gate1 * a
+        if camera is not None and self.cfg.camera_branches:
+            x = x + self.plucker(camera.plucker.to(x.dtype))
+        h = F.layer_norm(x, (x.shape[-1],), eps=eps) * (1 + scale2) + shift2
+        f, ffn_conv = self.ffn(h, state.ffn_conv)
+        x = x + gate2 * f
+        return x, type(state)(**attn_state, ffn_conv=ffn_conv)

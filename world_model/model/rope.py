@@ -1,0 +1,50 @@
+"""Three-dimensional rotary position embedding over (time, height, width).
+
+The channels of a head are cut into three even-sized groups (half for time, a quarter
+each for height and width); each consecutive pair ``(x[2i], x[2i+1])`` of a group is
+rotated by ``position * theta^(-2i / group_size)``. Rotation keeps norms, and
+``rope(q, p) . rope(k, p')`` depends only on ``p - p'``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rope_splits", "rope_angles", "apply_rope", "token_positions"]
+
+
+def rope_splits(dim: int) -> tuple[int, int, int]:
+    """Channel counts for (time, height, width): even numbers summing to ``dim``."""
+    if dim % 2 or dim < 6:
+        raise ValueError(f"rotary dim must be even and >= 6, got {dim}")
+    t = (dim // 2) // 2 * 2
+    h = ((dim - t) // 2) // 2 * 2
+    return t, h, dim - t - h
+
+
+def token_positions(num_frames: int, height: int, width: int, frame_offset: int = 0, device=None) -> torch.Tensor:
+    """``(T, S, 3)`` float positions (frame, row, column) of every latent token; frames count
+    from ``frame_offset`` so a streamed chunk gets the positions it has in the full video."""
+    t = torch.arange(frame_offset, frame_offset + num_frames, device=device, dtype=torch.float32)
+    r = torch.arange(height, device=device, dtype=torch.float32)
+    c = torch.arange(width, device=device, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(t, r, c, indexing="ij"), -1)  # (T, h, w, 3)
+    return grid.reshape(num_frames, height * width, 3)
+
+
+def rope_angles(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``positions (..., 3)`` -> ``cos, sin (..., dim / 2)`` for :func:`apply_rope`."""
+    angles = []
+    for axis, size in enumerate(rope_splits(dim)):
+        inv_freq = theta ** (-torch.arange(0, size, 2, dtype=torch.float32, device=positions.device) / size)
+        angles.append(positions[..., axis : axis + 1].float() * inv_freq)  # (..., size / 2)
+    a = torch.cat(angles, -1)
+    return a.cos(), a.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of ``x (..., dim)`` by angles whose ``cos, sin`` broadcast to ``(..., dim/2)``."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., dim/2, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    out = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+    return out.to(x.dtype)

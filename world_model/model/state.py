@@ -1,0 +1,89 @@
+"""The streaming state of the backbone: explicit tensors, passed in and returned.
+
+Everything a chunk needs from the past lives here, and every tensor is allocated at its
+final size by :func:`init_state`: the frame-wise GDN state ``S`` (and normaliser ``z``) of
+each linear block, the short-conv and temporal-conv caches (the last few frames), and for
+each softmax block a key/value cache with a *sink* (the first chunk) plus a ring of the
+``softmax_window_chunks`` most recent chunks. Its size in bytes is therefore the same
+after one chunk and after an hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from world_model.model.config import WorldModelConfig
+
+__all__ = ["GDNBlockState", "SoftmaxBlockState", "StreamState", "init_state", "state_nbytes"]
+
+
+@dataclass
+class GDNBlockState:
+    S: torch.Tensor  # (B, H, D, D) float32 main-branch state
+    z: torch.Tensor  # (B, H, D) float32 normaliser
+    S_cam: torch.Tensor  # (B, H, D, D) float32 camera-branch (UCPE) state
+    k_conv: torch.Tensor  # (B, short_conv_kernel - 1, S, 2C) last key frames before the short conv (main | camera; C without camera)
+    ffn_conv: torch.Tensor  # (B, temporal_conv_kernel - 1, S, hidden) last feed-forward frames
+
+
+@dataclass
+class SoftmaxBlockState:
+    k: torch.Tensor  # (B, L, S, 2H, D) cached keys (main heads | camera heads, transformed; H without camera), L = sink + window
+    v: torch.Tensor  # (B, L, S, 2H, D)
+    valid: torch.Tensor  # (L,) bool: which slots hold a frame
+    ffn_conv: torch.Tensor  # (B, temporal_conv_kernel - 1, S, hidden)
+
+
+@dataclass
+class StreamState:
+    blocks: list
+    """One :class:`GDNBlockState` or :class:`SoftmaxBlockState` per block."""
+    frame_index: torch.Tensor
+    """() int64: latent frames committed so far (the time position of the next frame)."""
+    chunk_index: torch.Tensor
+    """() int64: chunks committed so far (chunk 0 is the sink)."""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat name -> tensor view (for snapshots and size accounting)."""
+        out = {"frame_index": self.frame_index, "chunk_index": self.chunk_index}
+        for i, block in enumerate(self.blocks):
+            for f in dataclasses.fields(block):
+                out[f"blocks.{i}.{f.name}"] = getattr(block, f.name)
+        return out
+
+    def clone(self) -> "StreamState":
+        blocks = [type(b)(**{f.name: getattr(b, f.name).clone() for f in dataclasses.fields(b)}) for b in self.blocks]
+        return StreamState(blocks, self.frame_index.clone(), self.chunk_index.clone())
+
+
+def cache_slots(cfg: WorldModelConfig) -> int:
+    """Frames a softmax cache holds: the sink chunk plus the window of recent chunks."""
+    return cfg.first_chunk_frames + cfg.softmax_window_chunks * cfg.chunk_frames
+
+
+def init_state(cfg: WorldModelConfig, batch_size: int, device=None) -> StreamState:
+    """An empty state (nothing committed yet) with every tensor at its final size."""
+    B, S, H, D, C = batch_size, cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim, cfg.width
+    f32 = dict(dtype=torch.float32, device=device)
+    nb = 2 if cfg.camera_branches else 1  # main branch, plus the camera branch's own keys
+    blocks: list = []
+    for i in range(cfg.depth):
+        ffn = torch.zeros(B, cfg.temporal_conv_kernel - 1, S, cfg.hidden_dim, **f32)
+        if cfg.is_softmax_block(i):
+            L = cache_slots(cfg)
+            blocks.append(SoftmaxBlockState(torch.zeros(B, L, S, nb * H, D, **f32), torch.zeros(B, L, S, nb * H, D, **f32),
+                                            torch.zeros(L, dtype=torch.bool, device=device), ffn))
+        else:
+            blocks.append(GDNBlockState(torch.zeros(B, H, D, D, **f32), torch.zeros(B, H, D, **f32),
+                                        torch.zeros(B, H, D, D, **f32),
+                                        torch.zeros(B, cfg.short_conv_kernel - 1, S, nb * C, **f32), ffn))
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    return StreamState(blocks, zero.clone(), zero.clone())
+
+
+def state_nbytes(state: StreamState) -> int:
+    """Bytes held by the state's tensors."""
+    return sum(t.numel() * t.element_size() for t in state.tensors().values())
