@@ -4,6 +4,7 @@
 ``sanawm-gym eval``      success rate and SPL of the scripted policy over seeded episodes
 ``sanawm-gym bench``     renderer and env throughput, eager vs compiled side by side
 ``sanawm-gym dataset``   write a posed-video training set (``python -m world_model.data``)
+``sanawm-gym record``    a policy's steps logged to Rerun (``.rrd``, live viewer or web viewer) and an mp4
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 log = logging.getLogger("sanawm_gym")
 
 DEFAULT_ENV = "SanaWM/ReferenceNav-v0"
+DEMO_ENV = "SanaWM/ReferenceNav-v0"
+"""The main job's env (``make demo``)."""
 
 
 def _make_env(env_id: str, **kwargs):
@@ -35,15 +38,24 @@ def _action_mode(env) -> str:
 
 # ------------------------------------------------------------------------------------ demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    """A goal-seeking episode -> ``demo.rrd`` and a video. For a world-model env the video
+    shows the imagined frames beside the exact reference render of the same poses (and a
+    top-down map); for a reference env, the exact render beside the 64x64 observation."""
     from tqdm import tqdm
 
     from policies import GoalSeekingPolicy
     from sanawm_gym.geometry import intrinsics_from_fov
+    from sanawm_gym.recording import RerunRecorder
     from sanawm_gym.reference_world import render
     from sanawm_gym.reference_world.topdown import TopDownMap
     from sanawm_gym.video import upscale, write_video
 
-    env = _make_env(args.env)
+    imagined_env = args.env.split("/")[-1].startswith("Nav")
+    kwargs = {"obs_mode": "chunk", "reference_frames": True, "timing_info": True} if imagined_env else {}
+    if imagined_env and args.model:
+        kwargs["model"] = args.model
+    out_dir = Path(args.out_dir)
+    env = RerunRecorder(_make_env(args.env, **kwargs), "rrd", path=out_dir / "demo.rrd", application_id="sanawm_gym_demo")
     policy = GoalSeekingPolicy(_action_mode(env), seed=args.seed)
     obs, info = env.reset(seed=args.seed)
     base = env.unwrapped
@@ -52,44 +64,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     topdown = TopDownMap(base.scene, height=float(info["pose"][2, 3]), size=size)
     path = [info["pose"][:3, 3]]
 
-    def panel(poses: np.ndarray) -> list[np.ndarray]:
-        views = render(base.scene, poses, K_video, size, size).rgb
-        obs_big = upscale(obs["rgb"], max(1, size // obs["rgb"].shape[0]))
+    def panels(poses: np.ndarray, observed: np.ndarray) -> list[np.ndarray]:
+        exact = render(base.scene, poses, K_video, size, size).rgb  # the reference world at the same poses
+        observed = observed.reshape(-1, *observed.shape[-3:])
         out = []
-        for view, pose in zip(views, poses):
+        for k, pose in enumerate(poses):
             path.append(pose[:3, 3])
-            heading = float(np.arctan2(pose[1, 2], pose[0, 2]))
-            m = topdown.draw(np.asarray(path)[:, :2], info["goal"][:2], heading)
-            out.append(np.concatenate([view, _fit(obs_big, size), m], 1))
+            seen = upscale(observed[min(k, len(observed) - 1)], max(1, size // observed.shape[1]))
+            m = topdown.draw(np.asarray(path)[:, :2], info["goal"][:2], float(np.arctan2(pose[1, 2], pose[0, 2])))
+            out.append(np.concatenate([_fit(seen, size), exact[k], m], 1))
         return out
 
-    frames = panel(info["pose"][None])
-    step_seconds, steps = 0.0, 0
+    frames = panels(info["pose"][None], obs["rgb"][-1:] if imagined_env else obs["rgb"][None])
+    step_seconds, generation_seconds, steps = 0.0, 0.0, 0
     limit = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 200
     with tqdm(total=limit, desc="demo", unit="step", disable=args.quiet) as bar:
         while True:
             t0 = time.perf_counter()
             obs, reward, terminated, truncated, info = env.step(policy.act(obs))
             step_seconds += time.perf_counter() - t0
+            generation_seconds += info.get("generation_time_s", 0.0)
             steps += 1
-            frames += panel(info["chunk_poses"])
+            frames += panels(info["chunk_poses"], obs["rgb"])
             bar.update(1)
             bar.set_postfix(distance=f"{info['distance']:.2f}")
             if terminated or truncated:
                 break
-    fps = base.motion.fps
-    out = write_video(args.out, frames, fps=fps)
-    print(
-        f"{args.env} seed={args.seed}: success={info['success']} distance_to_goal={info['distance']:.2f} m "
-        f"(Euclidean, camera centre to goal) steps={steps} path_length={info['path_length']:.2f} m "
-        f"env_steps_per_s={steps / max(step_seconds, 1e-9):.1f}"
-    )
-    print(f"video: {out} ({len(frames)} frames at {fps:g} fps: exact render | 64x64 observation | top-down map)")
+    env.close()
+    fps = base.core.motion.fps if imagined_env else base.motion.fps
+    video = write_video(out_dir / "demo.mp4", frames, fps=fps)
+    where = "Euclidean on the integrated pose: collisions are unknown in imagination" if imagined_env else \
+        "Euclidean, camera centre to goal"
+    print(f"{args.env} seed={args.seed}: success={info['success']} distance_to_goal={info['distance']:.2f} m ({where}) "
+          f"steps={steps} path_length={info['path_length']:.2f} m env_steps_per_s={steps / max(step_seconds, 1e-9):.1f}"
+          + (f" generation_s_per_step={generation_seconds / steps:.3f}" if imagined_env else ""))
+    left = "imagined (world model)" if imagined_env else "64x64 observation"
+    print(f"video: {video} ({len(frames)} frames at {fps:g} fps: {left} | exact reference render | top-down map)")
+    print(f"rerun: {out_dir / 'demo.rrd'} (open with `rerun {out_dir / 'demo.rrd'}`)")
     return 0
 
 
 def _fit(img: np.ndarray, size: int) -> np.ndarray:
-    """Pad or crop ``img`` to ``size x size`` (the observation panel of the demo video)."""
+    """Pad or crop ``img`` to ``size x size`` (a panel of the demo video)."""
     out = np.full((size, size, 3), 255, np.uint8)
     h, w = min(size, img.shape[0]), min(size, img.shape[1])
     out[:h, :w] = img[:h, :w]
@@ -169,14 +185,77 @@ def cmd_dataset(argv: list[str]) -> int:
     return dataset_main(argv) or 0
 
 
+# ---------------------------------------------------------------------------------- record
+def cmd_record(args: argparse.Namespace) -> int:
+    """Run a policy for ``--steps`` steps through :class:`RerunRecorder`; write the .rrd and an mp4."""
+    from policies import GoalSeekingPolicy
+    from sanawm_gym.recording import RerunRecorder
+    from sanawm_gym.video import upscale, write_video
+
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    video = args.video or args.out.with_suffix(".mp4")
+    if video.suffix.lower() not in (".mp4", ".gif"):
+        raise SystemExit(f"--video must end in .mp4 or .gif, got {video}")
+    mode = "serve" if args.serve else "spawn" if args.spawn else "rrd"
+    try:
+        env = RerunRecorder(_make_env(args.env), mode, path=args.out, application_id="sanawm_gym_record",
+                            grpc_port=args.grpc_port, web_port=args.web_port)
+    except ValueError as err:
+        raise SystemExit(f"record: {err}") from err
+    policy = GoalSeekingPolicy(_action_mode(env), seed=args.seed) if args.policy == "goal-seeking" else None
+    env.action_space.seed(args.seed)
+
+    def act(obs):
+        return policy.act(obs) if policy is not None else env.action_space.sample()
+
+    if env.url:
+        print(f"viewer: {env.url}", flush=True)
+
+    obs, _ = env.reset(seed=args.seed)
+    frames, episodes, finished, steps = [obs["rgb"]], 1, 0, 0
+    for steps in range(1, args.steps + 1):
+        obs, _, terminated, truncated, _ = env.step(act(obs))
+        frames.append(obs["rgb"])
+        if terminated or truncated:
+            finished += 1
+            if steps < args.steps:
+                obs, _ = env.reset()
+                frames.append(obs["rgb"])
+                episodes += 1
+                if policy is not None:
+                    policy.reset()
+    if mode != "serve":
+        env.close()  # flushes and finishes the .rrd
+
+    h, w = frames[0].shape[:2]
+    factor = max(1, -(-256 // max(h, w)))  # at least 256 pixels on the long side
+    factor *= 2 if (h * factor) % 2 or (w * factor) % 2 else 1  # H.264 needs even sizes
+    seconds_per_step = env.logger.seconds_per_step
+    out_video = write_video(video, (upscale(f, factor) for f in frames), fps=1.0 / seconds_per_step)
+    print(f"{args.env} {args.policy} policy, seed {args.seed}: {steps} steps, {episodes} episodes ({finished} finished)")
+    print(f"rerun: {args.out} (view with `rerun {args.out}`)")
+    print(f"video: {out_video} ({len(frames)} frames, resets included, at {1.0 / seconds_per_step:g} fps, {h * factor}x{w * factor})")
+    if mode == "serve":  # closing the recorder would stop the data server the web viewer reads
+        print(f"serving the web viewer at {env.url}; Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+        env.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sanawm-gym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run a goal-seeking episode and write a video")
-    d.add_argument("--env", default=DEFAULT_ENV, help="registered env id")
+    d = sub.add_parser("demo", help="run a goal-seeking episode; write demo.rrd and demo.mp4")
+    d.add_argument("--env", default=DEMO_ENV, help="registered env id")
+    d.add_argument("--model", default="", help="world-model checkpoint folder (default: the shipped one)")
     d.add_argument("--seed", type=int, default=1, help="episode seed")
-    d.add_argument("--out", type=Path, default=Path("outputs/demo.mp4"), help="video file to write")
+    d.add_argument("--out-dir", type=Path, default=Path("outputs"), help="folder for demo.rrd and demo.mp4")
     d.add_argument("--video-size", type=int, default=256, help="side of each video panel (pixels, even)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
@@ -196,6 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--env-steps", type=int, default=200)
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("record", help="log a policy's steps to Rerun (.rrd, --spawn, --serve) and write an mp4")
+    r.add_argument("--env", default=DEFAULT_ENV, help="registered env id")
+    r.add_argument("--policy", choices=["goal-seeking", "random"], default="goal-seeking")
+    r.add_argument("--steps", type=int, default=200, help="env steps to record (resets on episode end)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the first episode and of the policy")
+    r.add_argument("--out", type=Path, default=Path("outputs/record.rrd"), help=".rrd file to write")
+    r.add_argument("--video", type=Path, default=None, help="mp4 of the observations (default: beside --out)")
+    viewer = r.add_mutually_exclusive_group()
+    viewer.add_argument("--serve", action="store_true", help="also serve a web viewer on localhost (--web-port)")
+    viewer.add_argument("--spawn", action="store_true", help="also stream to a spawned native viewer")
+    r.add_argument("--web-port", type=int, default=9090, help="--serve: port of the web viewer")
+    r.add_argument("--grpc-port", type=int, default=9876, help="--serve / --spawn: port of the data server")
+    r.set_defaults(func=cmd_record)
 
     sub.add_parser("dataset", help="write a posed-video dataset (see `sanawm-gym dataset --help`)", add_help=False)
     return p

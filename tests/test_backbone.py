@@ -176,3 +176,65 @@ def test_bad_inputs(model):
         model(lat, t, cam, chunk_lengths=[3])
     with pytest.raises(ValueError, match="divisible"):
         WorldModelConfig(width=30, num_heads=4)
+
+
+def test_unbounded_cache_baseline_grows_and_streams_like_the_full_pass():
+    """softmax_window_chunks=-1 (the benchmark's baseline) keeps every chunk: its state grows."""
+    cfg = dataclasses.replace(SMALL, softmax_window_chunks=-1)
+    torch.manual_seed(0)
+    m = WorldModelBackbone(cfg).eval()
+    randomise_zero_inits(m)
+    T = 7
+    lat, t, cam, _, _ = make_inputs(cfg, T)
+    with torch.no_grad():
+        full, _ = m(lat, t, cam)
+        state, outs, start, sizes = None, [], 0, []
+        for n in cfg.chunk_lengths(T):
+            sl = slice(start, start + n)
+            out, state = m(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state)
+            outs.append(out)
+            sizes.append(state_nbytes(state))
+            start += n
+    assert (torch.cat(outs, 1) - full).norm() / full.norm() <= 1e-5
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
+
+
+def test_rows_at_different_positions_match_single_row_runs():
+    """A batched env resets rows independently: a row reset mid-stream (scatter_rows with a
+    fresh state) must then evolve exactly as if it ran alone from the start."""
+    from world_model.model.state import init_state, scatter_rows
+
+    cfg = dataclasses.replace(SMALL, chunk_frames=1)
+    torch.manual_seed(0)
+    m = WorldModelBackbone(cfg).eval()
+    randomise_zero_inits(m)
+    T = 6
+    lat, t, cam, _, _ = make_inputs(cfg, T, B=2)
+
+    def step(i, rows_lat, rows_t, rows_cam, state):
+        return m(rows_lat[:, i : i + 1], rows_t[:, i : i + 1], slice_cam(rows_cam, slice(i, i + 1)), [1], state)
+
+    with torch.no_grad():
+        # Row 0 runs frames 0..5. Row 1 runs frames 0..2, is reset, then runs frames 0..2 again.
+        state, outs = None, []
+        order1 = [0, 1, 2, 0, 1, 2]
+        for j in range(T):
+            if j == 3:
+                state = scatter_rows(state, torch.tensor([1]), init_state(cfg, 1))
+            idx = torch.tensor([j, order1[j]])
+            batch_lat = torch.stack([lat[0, idx[0]], lat[1, idx[1]]])[:, None]
+            batch_t = torch.stack([t[0, idx[0]], t[1, idx[1]]])[:, None]
+            batch_cam = CameraInputs(*(torch.stack([x[0, idx[0]], x[1, idx[1]]])[:, None] for x in cam))
+            out, state = m(batch_lat, batch_t, batch_cam, [1], state)
+            outs.append(out)
+        alone0, s0 = [], None
+        for j in range(T):
+            o, s0 = step(j, lat[:1], t[:1], CameraInputs(*(x[:1] for x in cam)), s0)
+            alone0.append(o)
+        alone1, s1 = [], None
+        for j in range(3):
+            o, s1 = step(j, lat[1:], t[1:], CameraInputs(*(x[1:] for x in cam)), s1)
+            alone1.append(o)
+    torch.testing.assert_close(torch.cat([o[:1] for o in outs], 1), torch.cat(alone0, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([o[1:] for o in outs[3:]], 1), torch.cat(alone1, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([o[1:] for o in outs[:3]], 1), torch.cat(alone1, 1), rtol=1e-5, atol=1e-5)

@@ -20,12 +20,12 @@ def run_cli(*args: str, timeout: float = 300) -> str:
     return proc.stdout
 
 
-def test_demo_writes_a_video(tmp_path):
-    out = tmp_path / "demo.mp4"
-    stdout = run_cli("demo", "--out", str(out), "--video-size", "64", "--quiet")
-    assert "success=True" in stdout and "env_steps_per_s=" in stdout and str(out) in stdout
-    frames = imageio.mimread(out, memtest=False)
+def test_demo_writes_a_video_and_a_recording(tmp_path):
+    stdout = run_cli("demo", "--env", "SanaWM/ReferenceNav-v0", "--out-dir", str(tmp_path), "--video-size", "64", "--quiet")
+    assert "success=True" in stdout and "env_steps_per_s=" in stdout and str(tmp_path / "demo.mp4") in stdout
+    frames = imageio.mimread(tmp_path / "demo.mp4", memtest=False)
     assert len(frames) > 8 and frames[0].shape == (64, 192, 3)
+    assert (tmp_path / "demo.rrd").stat().st_size > 1000
 
 
 def test_eval_prints_success_rate():

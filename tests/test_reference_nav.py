@@ -87,6 +87,7 @@ def test_spaces_and_info():
     # The goal direction is the goal seen in the camera frame.
     rel = np.linalg.inv(info["pose"]) @ np.r_[info["goal"], 1.0]
     np.testing.assert_allclose(obs["goal"][1:], rel[:3] / np.linalg.norm(rel[:3]), atol=1e-5)
+    assert info["chunk_poses"].shape == (4, 4, 4)  # K copies of the start pose: same shape as after a step
     _, _, _, _, info = env.step(np.zeros(6, np.float32))
     assert info["chunk_poses"].shape == (4, 4, 4)
 

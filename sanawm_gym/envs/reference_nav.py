@@ -8,9 +8,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sanawm_gym.geometry import intrinsics_from_fov, is_rigid, pose_from_yaw_pitch
+from sanawm_gym.geometry import intrinsics_from_fov, pose_from_yaw_pitch
 from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
 from sanawm_gym.envs.actions import make_action_space, to_body_action
+from sanawm_gym.envs.checks import check_goal, check_options, check_pose
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
 from sanawm_gym.reference_world.collision import signed_distance
 from sanawm_gym.tasks import GOAL_OBS_HIGH, GOAL_OBS_LOW, PointGoalConfig, goal_observation, sample_goal, score_step
@@ -124,10 +125,7 @@ class ReferenceNavEnv(gym.Env):
     # ---------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(_RESET_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; accepted: {list(_RESET_OPTIONS)}")
+        options = check_options(options, _RESET_OPTIONS)
         scene_seed = options.get("scene_seed", self.fixed_scene_seed)
         if scene_seed is None:
             scene_seed = int(self.np_random.integers(2**31 - 1))
@@ -144,11 +142,11 @@ class ReferenceNavEnv(gym.Env):
             self.pose = self._check_pose(options["pose"])
             self.geodesic_distance = float("nan")
         if "goal" in options:
-            self.goal = self._check_goal(options["goal"])
+            self.goal = check_goal(options["goal"])
             self.geodesic_distance = float("nan")
         self.distance = float(np.linalg.norm(self.goal - self.pose[:3, 3]))
         self.path_length = 0.0
-        self.chunk_poses = self.pose[None].copy()
+        self.chunk_poses = np.repeat(self.pose[None], self.motion.frames_per_step, 0)  # (K, 4, 4) as after a step
         self._render_obs()
         info = self._info(collided=False, success=False, clipped=False)
         return self._obs(), info
@@ -196,9 +194,7 @@ class ReferenceNavEnv(gym.Env):
         }
 
     def _check_pose(self, pose) -> np.ndarray:
-        arr = np.asarray(pose, dtype=np.float64)
-        if arr.shape != (4, 4) or not bool(is_rigid(arr, 1e-4)):
-            raise ValueError("reset option 'pose' must be a 4x4 rigid camera-to-world matrix (orthonormal rotation, det +1, last row [0, 0, 0, 1])")
+        arr = check_pose(pose)
         clearance = float(signed_distance(self.scene, arr[:3, 3]))
         if clearance < self.motion.camera_radius:
             raise ValueError(
@@ -206,11 +202,4 @@ class ReferenceNavEnv(gym.Env):
                 f"camera_radius={self.motion.camera_radius} m of free space (arena |x|, |y| < {self.scene.arena_half:.2f}, "
                 f"0 < z < {self.scene.wall_height})"
             )
-        return arr
-
-    @staticmethod
-    def _check_goal(goal) -> np.ndarray:
-        arr = np.asarray(goal, dtype=np.float64)
-        if arr.shape != (3,) or not np.isfinite(arr).all():
-            raise ValueError(f"reset option 'goal' must be 3 finite floats (x, y, z in metres), got {goal!r}")
         return arr

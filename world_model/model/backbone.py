@@ -51,12 +51,15 @@ class WorldModelBackbone(nn.Module):
     def init_state(self, batch_size: int, device=None) -> StreamState:
         return init_state(self.cfg, batch_size, device)
 
-    def _rope(self, num_frames: int, frame_offset: int, device) -> RotaryTables:
+    def _rope(self, num_frames: int, frame_offset: torch.Tensor) -> RotaryTables:
+        """Rotary tables ``(B, T, S, 1, d/2)`` for each row's frames (rows may be at different times)."""
         cfg = self.cfg
-        pos = token_positions(num_frames, cfg.latent_height, cfg.latent_width, frame_offset, device)  # (T, S, 3)
+        pos = token_positions(num_frames, cfg.latent_height, cfg.latent_width, 0, frame_offset.device)  # (T, S, 3)
+        pos = pos[None].repeat(frame_offset.shape[0], 1, 1, 1)  # (B, T, S, 3)
+        pos[..., 0] += frame_offset[:, None, None].float()
         full = rope_angles(pos, cfg.head_dim, cfg.rope_theta)
         half = rope_angles(pos, cfg.head_dim // 2, cfg.rope_theta)
-        return RotaryTables(tuple(a[:, :, None] for a in full), tuple(a[:, :, None] for a in half))
+        return RotaryTables(tuple(a[..., None, :] for a in full), tuple(a[..., None, :] for a in half))
 
     def forward(
         self,
@@ -81,19 +84,25 @@ class WorldModelBackbone(nn.Module):
         if timesteps.shape != (B, T):
             raise ValueError(f"timesteps must be (B, T) = {(B, T)}, got {tuple(timesteps.shape)}")
         state = state if state is not None else self.init_state(B, latents.device)
-        chunk_index = int(state.chunk_index)
-        frame_index = int(state.frame_index)
+        if state.batch_size != B:
+            raise ValueError(f"state has batch size {state.batch_size}, latents {B}")
         if chunk_lengths is None:
-            chunk_lengths = cfg.chunk_lengths(T, first=None if chunk_index == 0 else cfg.chunk_frames)
+            starting = state.chunk_index == 0
+            if bool(starting.all()):
+                chunk_lengths = cfg.chunk_lengths(T)
+            elif bool((~starting).all()) or T == 1:
+                chunk_lengths = cfg.chunk_lengths(T, first=min(T, cfg.chunk_frames) if not bool(starting.any()) else 1)
+            else:
+                raise ValueError("rows of the state are at different chunk positions: pass chunk_lengths explicitly")
         if sum(chunk_lengths) != T or min(chunk_lengths) < 1:
             raise ValueError(f"chunk_lengths {list(chunk_lengths)} must be positive and sum to T={T}")
         x = self.embed(latents.permute(0, 1, 3, 4, 2).reshape(B, T, h * w, Cl))  # (B, T, S, C)
         t_emb = self.t_embed(timestep_embedding(timesteps, 256))  # (B, T, C)
         t_mod = self.t_block(t_emb).unflatten(-1, (6, cfg.width))  # (B, T, 6, C)
-        rope = self._rope(T, frame_index, latents.device)
+        rope = self._rope(T, state.frame_index)
         blocks = []
         for block, block_state in zip(self.blocks, state.blocks):
-            x, new = block(x, t_mod, chunk_lengths, rope, camera, block_state, chunk_index)
+            x, new = block(x, t_mod, chunk_lengths, rope, camera, block_state, state.chunk_index)
             blocks.append(new)
         shift, scale = (self.final_table[None, None] + t_emb[:, :, None]).unbind(2)  # (B, T, C) each
         x = F.layer_norm(x, (cfg.width,), eps=cfg.norm_eps) * (1 + scale[:, :, None]) + shift[:, :, None]

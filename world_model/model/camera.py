@@ -62,16 +62,25 @@ def _ray_frames(c2w: torch.Tensor, K: torch.Tensor, h: int, w: int) -> torch.Ten
 
 
 def camera_inputs(c2w_raw: torch.Tensor, K_image: torch.Tensor, image_hw: tuple[int, int], latent_hw: tuple[int, int],
-                  frames_per_latent: int, pose_scale: float, reference: torch.Tensor | None = None) -> CameraInputs:
+                  frames_per_latent: int, pose_scale: float, reference: torch.Tensor | None = None,
+                  starts_video: bool = True) -> CameraInputs:
     """Conditioning for ``c2w_raw (B, 1 + K (T-1), 4, 4)`` raw-frame poses (any float dtype).
 
     ``K_image (3, 3)`` or ``(B, 3, 3)`` are intrinsics of the ``image_hw`` frames; they are
     scaled to the latent grid. ``reference (B, 4, 4)`` is the pose the others are taken
     relative to (default: each video's first raw frame; a streamed chunk passes the
-    video's first pose so that it is conditioned like the full video).
+    video's first pose so that it is conditioned like the full video). With
+    ``starts_video=False`` the poses are ``(B, K T, 4, 4)``: the raw frames of T latent
+    frames in the middle of a video (one env step: K poses, T = 1).
     """
     k = frames_per_latent
     B, F = c2w_raw.shape[:2]
+    if not starts_video:
+        if F % k or reference is None:
+            raise ValueError(f"a mid-video chunk needs K={k} poses per latent frame (got {F}) and a reference pose")
+        padded = torch.cat([c2w_raw[:, :1], c2w_raw], 1)  # a stand-in first frame, dropped below
+        full = camera_inputs(padded, K_image, image_hw, latent_hw, k, pose_scale, reference)
+        return CameraInputs(*(x[:, 1:] for x in full))
     T = latent_frame_of_raw(F, k)
     c2w = c2w_raw.double()
     ref = c2w[:, 0] if reference is None else reference.double()

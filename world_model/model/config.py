@@ -18,7 +18,7 @@ __all__ = ["WorldModelConfig"]
 class WorldModelConfig:
     """Every size and cache bound of the backbone; nothing in the generation loop is hard-coded."""
 
-    latent_channels: int = 16
+    latent_channels: int = 32
     """Channels of the autoencoder's latents (128 in SANA-WM's LTX-2 autoencoder)."""
     latent_height: int = 8
     """Latent grid height (image height / spatial stride 8)."""
@@ -48,7 +48,8 @@ class WorldModelConfig:
     """Latent frames of the first chunk (the clean conditioning frame plus any extra;
     SANA-WM: 1 + 3)."""
     softmax_window_chunks: int = 8
-    """Recent chunks the softmax blocks keep in their cache, beside the sink (first chunk)."""
+    """Recent chunks the softmax blocks keep in their cache, beside the sink (first chunk);
+    -1: keep every chunk (an unbounded, growing cache: the benchmark's baseline)."""
     rope_theta: float = 10000.0
     """Base of the rotary frequencies (time, height, width)."""
     pose_scale: float = 4.0
@@ -69,8 +70,8 @@ class WorldModelConfig:
                      "first_chunk_frames", "softmax_every", "short_conv_kernel", "temporal_conv_kernel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.softmax_window_chunks < 0:
-            raise ValueError(f"softmax_window_chunks must be >= 0, got {self.softmax_window_chunks}")
+        if self.softmax_window_chunks < -1:
+            raise ValueError(f"softmax_window_chunks must be >= 0, or -1 for unbounded, got {self.softmax_window_chunks}")
 
     @property
     def head_dim(self) -> int:

@@ -205,21 +205,27 @@ class ChunkSoftmaxAttention(nn.Module):
             nn.init.zeros_(self.cam_out.weight)
             nn.init.zeros_(self.cam_out.bias)
 
-    def _slots(self, chunk_index: int, n: int) -> slice:
+    def _write_plan(self, chunk_index: torch.Tensor, n: int, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where each row's chunk of ``n`` frames goes: ``slots (B, n)`` cache indices,
+        ``write (B,)`` whether it is written at all, ``evict (B, L)`` slots to free first
+        (the chunk that ring slot held). Chunk 0 goes to the sink, later chunks to the ring."""
         cfg = self.cfg
-        if chunk_index == 0:
-            if n > cfg.first_chunk_frames:
-                raise ValueError(f"first chunk has {n} frames; the cache's sink holds first_chunk_frames={cfg.first_chunk_frames}")
-            return slice(0, n)
-        if n > cfg.chunk_frames:
+        first = chunk_index == 0
+        if bool((first & (n > cfg.first_chunk_frames)).any()):
+            raise ValueError(f"first chunk has {n} frames; the cache's sink holds first_chunk_frames={cfg.first_chunk_frames}")
+        if bool((~first & (n > cfg.chunk_frames)).any()):
             raise ValueError(f"chunk of {n} frames; chunks after the first hold at most chunk_frames={cfg.chunk_frames}")
-        if cfg.softmax_window_chunks == 0:
-            return slice(0, 0)
-        base = cfg.first_chunk_frames + ((chunk_index - 1) % cfg.softmax_window_chunks) * cfg.chunk_frames
-        return slice(base, base + n)
+        W = max(cfg.softmax_window_chunks, 1)
+        base = torch.where(first, 0, cfg.first_chunk_frames + ((chunk_index - 1) % W) * cfg.chunk_frames)  # (B,)
+        write = first | torch.tensor(cfg.softmax_window_chunks > 0, device=first.device)
+        slots = base[:, None] + torch.arange(n, device=base.device)  # (B, n)
+        ar = torch.arange(L, device=base.device)
+        evict = (~first & write)[:, None] & (ar >= base[:, None]) & (ar < base[:, None] + cfg.chunk_frames)
+        return slots, write, evict
 
     def forward(self, x: torch.Tensor, chunk_lengths: list[int], rope: RotaryTables, camera: CameraInputs | None,
-                state: SoftmaxBlockState, chunk_index: int) -> tuple[torch.Tensor, dict]:
+                state: SoftmaxBlockState, chunk_index: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``chunk_index (B,)``: chunks each row has committed before these frames."""
         H, D, C = self.H, self.D, self.cfg.width
         B, T, S, _ = x.shape
         cos, sin = rope.full
@@ -236,24 +242,28 @@ class ChunkSoftmaxAttention(nn.Module):
             else:  # no camera: the camera heads attend to nothing useful and are dropped below
                 qc = kc = vc = torch.zeros_like(q)
             q, k, v = torch.cat([q, qc], 3), torch.cat([k, kc], 3), torch.cat([v, vc], 3)  # (B, T, S, 2H, D)
-        cache_k, cache_v, valid = state.k, state.v, state.valid
+        cache_k, cache_v, valid = state.k, state.v, state.valid  # (B, L, S, heads, D), ..., (B, L)
         outs, start = [], 0
         for i, n in enumerate(chunk_lengths):
             sl = slice(start, start + n)
             qi = q[:, sl].flatten(1, 2).transpose(1, 2)  # (B, heads, n*S, D)
-            keys = torch.cat([cache_k[:, valid], k[:, sl]], 1).flatten(1, 2).transpose(1, 2)  # (B, heads, L*S, D)
-            vals = torch.cat([cache_v[:, valid], v[:, sl]], 1).flatten(1, 2).transpose(1, 2)
-            o = F.scaled_dot_product_attention(qi, keys, vals)  # (B, heads, n*S, D)
+            keys = torch.cat([cache_k, k[:, sl]], 1).flatten(1, 2).transpose(1, 2)  # (B, heads, (L+n)*S, D)
+            vals = torch.cat([cache_v, v[:, sl]], 1).flatten(1, 2).transpose(1, 2)
+            seen = torch.cat([valid, valid.new_ones(B, n)], 1).repeat_interleave(S, 1)  # (B, (L+n)*S)
+            o = F.scaled_dot_product_attention(qi, keys, vals, attn_mask=seen[:, None, None])  # (B, heads, n*S, D)
             outs.append(o.transpose(1, 2).unflatten(1, (n, S)))  # (B, n, S, heads, D)
-            slots = self._slots(chunk_index + i, n)
-            if slots.stop > slots.start:  # out of place, so that training can backpropagate through it
-                valid = valid.clone()
-                if chunk_index + i > 0:
-                    valid[slots.start : slots.start + self.cfg.chunk_frames] = False  # the chunk this ring slot held
-                valid[slots] = True
-                idx = torch.arange(slots.start, slots.stop, device=x.device)
-                cache_k = cache_k.index_copy(1, idx, k[:, sl])
-                cache_v = cache_v.index_copy(1, idx, v[:, sl])
+            if self.cfg.softmax_window_chunks < 0:  # unbounded: append every chunk
+                cache_k, cache_v = torch.cat([cache_k, k[:, sl]], 1), torch.cat([cache_v, v[:, sl]], 1)
+                valid = torch.cat([valid, valid.new_ones(B, n)], 1)
+            else:  # out of place, so that training can backpropagate through it
+                slots, write, evict = self._write_plan(chunk_index + i, n, valid.shape[1])
+                keep = torch.where(write[:, None], slots, valid.shape[1] - 1)  # rows not written: a no-op below
+                idx = keep[:, :, None, None, None].expand(B, n, *cache_k.shape[2:])
+                new_k = torch.where(write[:, None, None, None, None], k[:, sl], cache_k.gather(1, idx))
+                new_v = torch.where(write[:, None, None, None, None], v[:, sl], cache_v.gather(1, idx))
+                cache_k, cache_v = cache_k.scatter(1, idx, new_k), cache_v.scatter(1, idx, new_v)
+                marked = (valid & ~evict).scatter(1, keep, write[:, None].expand(B, n) | valid.gather(1, keep))
+                valid = marked
             start += n
         o = torch.cat(outs, 1)  # (B, T, S, heads, D)
         y = o[..., :H, :].flatten(-2)

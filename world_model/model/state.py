@@ -17,7 +17,7 @@ import torch
 
 from world_model.model.config import WorldModelConfig
 
-__all__ = ["GDNBlockState", "SoftmaxBlockState", "StreamState", "init_state", "state_nbytes"]
+__all__ = ["GDNBlockState", "SoftmaxBlockState", "StreamState", "init_state", "scatter_rows", "state_nbytes"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ class GDNBlockState:
 class SoftmaxBlockState:
     k: torch.Tensor  # (B, L, S, 2H, D) cached keys (main heads | camera heads, transformed; H without camera), L = sink + window
     v: torch.Tensor  # (B, L, S, 2H, D)
-    valid: torch.Tensor  # (L,) bool: which slots hold a frame
+    valid: torch.Tensor  # (B, L) bool: which slots hold a frame
     ffn_conv: torch.Tensor  # (B, temporal_conv_kernel - 1, S, hidden)
 
 
@@ -42,9 +42,9 @@ class StreamState:
     blocks: list
     """One :class:`GDNBlockState` or :class:`SoftmaxBlockState` per block."""
     frame_index: torch.Tensor
-    """() int64: latent frames committed so far (the time position of the next frame)."""
+    """(B,) int64: latent frames committed so far by each row (the time position of its next frame)."""
     chunk_index: torch.Tensor
-    """() int64: chunks committed so far (chunk 0 is the sink)."""
+    """(B,) int64: chunks committed so far by each row (chunk 0 goes to the sink)."""
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor view (for snapshots and size accounting)."""
@@ -54,13 +54,41 @@ class StreamState:
                 out[f"blocks.{i}.{f.name}"] = getattr(block, f.name)
         return out
 
+    def map(self, fn) -> "StreamState":
+        """A new state with ``fn(tensor)`` applied to every tensor (all have the batch first)."""
+        blocks = [type(b)(**{f.name: fn(getattr(b, f.name)) for f in dataclasses.fields(b)}) for b in self.blocks]
+        return StreamState(blocks, fn(self.frame_index), fn(self.chunk_index))
+
     def clone(self) -> "StreamState":
-        blocks = [type(b)(**{f.name: getattr(b, f.name).clone() for f in dataclasses.fields(b)}) for b in self.blocks]
-        return StreamState(blocks, self.frame_index.clone(), self.chunk_index.clone())
+        return self.map(torch.clone)
+
+    @property
+    def batch_size(self) -> int:
+        return self.frame_index.shape[0]
+
+
+def scatter_rows(state: StreamState, index: torch.Tensor, rows: StreamState) -> StreamState:
+    """``state`` with rows ``index (k,)`` replaced by the ``k`` rows of ``rows`` (same
+    configuration): how a batched env resets some of its envs. Out of place."""
+    flat, new = state.tensors(), rows.tensors()
+    if flat.keys() != new.keys() or any(flat[k].shape[1:] != new[k].shape[1:] for k in flat):
+        raise ValueError("scatter_rows needs two states of the same configuration")
+    if rows.batch_size != index.numel():
+        raise ValueError(f"scatter_rows: {index.numel()} row indices for a state of {rows.batch_size} rows")
+
+    def put(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.index_copy(0, index, b)
+
+    blocks = [type(a)(**{f.name: put(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)})
+              for a, b in zip(state.blocks, rows.blocks)]
+    return StreamState(blocks, put(state.frame_index, rows.frame_index), put(state.chunk_index, rows.chunk_index))
 
 
 def cache_slots(cfg: WorldModelConfig) -> int:
-    """Frames a softmax cache holds: the sink chunk plus the window of recent chunks."""
+    """Frames a softmax cache holds: the sink chunk plus the window of recent chunks (0 for
+    an unbounded cache, which starts empty and grows)."""
+    if cfg.softmax_window_chunks < 0:
+        return 0
     return cfg.first_chunk_frames + cfg.softmax_window_chunks * cfg.chunk_frames
 
 
@@ -75,12 +103,12 @@ def init_state(cfg: WorldModelConfig, batch_size: int, device=None) -> StreamSta
         if cfg.is_softmax_block(i):
             L = cache_slots(cfg)
             blocks.append(SoftmaxBlockState(torch.zeros(B, L, S, nb * H, D, **f32), torch.zeros(B, L, S, nb * H, D, **f32),
-                                            torch.zeros(L, dtype=torch.bool, device=device), ffn))
+                                            torch.zeros(B, L, dtype=torch.bool, device=device), ffn))
         else:
             blocks.append(GDNBlockState(torch.zeros(B, H, D, D, **f32), torch.zeros(B, H, D, **f32),
                                         torch.zeros(B, H, D, D, **f32),
                                         torch.zeros(B, cfg.short_conv_kernel - 1, S, nb * C, **f32), ffn))
-    zero = torch.zeros((), dtype=torch.int64, device=device)
+    zero = torch.zeros(B, dtype=torch.int64, device=device)
     return StreamState(blocks, zero.clone(), zero.clone())
 
 

@@ -1,0 +1,146 @@
+"""The inference API (WorldModel) and the teacher training stage, on tiny random models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sanawm_gym.geometry import exp_se3, intrinsics_from_fov
+from world_model.autoencoder import Autoencoder, AutoencoderConfig
+from world_model.checkpoint import CheckpointError, save_pretrained
+from world_model.model import WorldModelBackbone, WorldModelConfig, state_nbytes
+from world_model.world_model import WorldModel
+
+ROOT = Path(__file__).resolve().parents[1]
+AE = AutoencoderConfig(latent_channels=4, frame_widths=(8, 8), latent_widths=(16, 16), encoder_blocks=(1, 0, 0, 1),
+                       decoder_blocks=(1, 0, 0, 1))
+BACKBONE = WorldModelConfig(latent_channels=4, latent_height=4, latent_width=4, depth=2, width=32, num_heads=2,
+                            softmax_every=2, softmax_window_chunks=2)
+
+
+def tiny_world_model(seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    backbone = WorldModelBackbone(BACKBONE)
+    with torch.no_grad():  # make the output depend on the noise and the camera
+        for name, p in backbone.named_parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return WorldModel(Autoencoder(AE), backbone, sample_steps=2)
+
+
+def path(frames: int = 9) -> np.ndarray:
+    twist = np.array([0.2, 0.0, 0.8, 0.0, 0.4, 0.0])
+    steps = np.arange(frames)[:, None] * 0.0625
+    return exp_se3(twist[None] * steps)
+
+
+@pytest.fixture(scope="module")
+def wm():
+    return tiny_world_model()
+
+
+def first_frame(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def test_generate_video_shapes_and_seeds(wm):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    a = wm.generate_video(first_frame(), path(9), K, seed=1)
+    b = wm.generate_video(first_frame(), path(9), K, seed=1)
+    c = wm.generate_video(first_frame(), path(9), K, seed=2)
+    assert a.shape == (9, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a[1:], c[1:])
+    np.testing.assert_array_equal(a[0], c[0])  # the first frame is the encoded input, noise-free
+    full_k = np.repeat(K[None], 9, 0)
+    np.testing.assert_array_equal(wm.generate_video(first_frame(), path(9), full_k, seed=1), a)
+
+
+def test_step_by_step_equals_generate_video_and_state_is_bounded(wm):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    c2w = path(13)
+    video = wm.generate_video(first_frame(), c2w, K, seed=3)
+    g = torch.Generator().manual_seed(3)
+    frame0, state = wm.init_state(first_frame()[None], c2w[None, 0], K[None])
+    frames, sizes = [frame0[:, None]], []
+    for i in range(1, 13, 4):
+        out, state = wm.step(state, c2w[None, i : i + 4], g)
+        frames.append(out)
+        sizes.append(state_nbytes(state.stream))
+    np.testing.assert_array_equal(np.concatenate(frames, 1)[0], video)
+    assert len(set(sizes)) == 1
+
+
+def test_camera_changes_the_video(wm):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    still = np.repeat(np.eye(4)[None], 9, 0)
+    assert not np.array_equal(wm.generate_video(first_frame(), path(9), K, seed=0),
+                              wm.generate_video(first_frame(), still, K, seed=0))
+
+
+def test_save_and_load_round_trip(wm, tmp_path):
+    wm.save_pretrained(tmp_path / "wm")
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    np.testing.assert_array_equal(loaded.generate_video(first_frame(), path(5), K, seed=0),
+                                  wm.generate_video(first_frame(), path(5), K, seed=0))
+    assert loaded.sample_steps == 2 and loaded.image_hw == (32, 32)
+
+
+def test_bad_files_name_the_problem(wm, tmp_path):
+    with pytest.raises(CheckpointError, match="no such"):
+        WorldModel.from_pretrained(tmp_path / "nowhere")
+    wm.save_pretrained(tmp_path / "wm")
+    weights = tmp_path / "wm" / "backbone" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        WorldModel.from_pretrained(tmp_path / "wm")
+
+
+def test_bad_inputs(wm):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    with pytest.raises(ValueError, match="uint8"):
+        wm.generate_video(first_frame().astype(np.float32), path(5), K)
+    with pytest.raises(ValueError, match=r"\(B, 32, 32, 3\)"):
+        wm.generate_video(np.zeros((16, 16, 3), np.uint8), path(5), K)
+    with pytest.raises(ValueError, match="1 \\+ 4 n"):
+        wm.generate_video(first_frame(), path(6), K)
+    with pytest.raises(ValueError, match="intrinsics"):
+        wm.generate_video(first_frame(), path(5), np.eye(4))
+    _, state = wm.init_state(first_frame()[None], path(1), K[None])
+    with pytest.raises(ValueError, match="c2w_chunk"):
+        wm.step(state, path(3)[None])
+
+
+def test_teacher_stage_trains_resumes_and_exports_a_loadable_world_model(tmp_path, monkeypatch):
+    from world_model.data import write_dataset
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    data = write_dataset(tmp_path / "data", num_clips=6, frames_per_clip=9, height=32, width=32, seed=0, progress=False)
+    held = write_dataset(tmp_path / "held", num_clips=2, frames_per_clip=9, height=32, width=32, seed=99, progress=False)
+    torch.manual_seed(0)
+    save_pretrained(tmp_path / "ae", Autoencoder(AE), AE)
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "world_model.train", "--stage", "teacher", "--data", str(data), "--heldout", str(held),
+            "--out", str(out), "--steps", "4", "--batch-size", "2", "--clip-frames", "9", "--eval-frames", "9",
+            "--eval-clips", "2", "--eval-interval", "4", "--ckpt-interval", "2", "--num-workers", "0", "--no-progress",
+            "--autoencoder", str(tmp_path / "ae"), "--model.latent-channels", "4", "--model.latent-height", "4",
+            "--model.latent-width", "4", "--model.depth", "2", "--model.width", "32", "--model.num-heads", "2",
+            "--model.softmax-every", "2", "--progressive", "2", "3", "--progressive-epochs", "1", "--sample-steps", "2",
+            "--horizons-s", "0.25", "0.5"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    first = subprocess.run(args + ["--stop-after", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resum" in done.stderr.lower()
+    assert list((out / "eval").glob("psnr-horizon-*.png")) and list((out / "eval").glob("rollout-*.png"))
+    wm = WorldModel.from_pretrained(out / "final")
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    assert wm.generate_video(first_frame(), path(5), K).shape == (5, 32, 32, 3)

@@ -1,0 +1,164 @@
+"""Stage ``autoencoder``: train the causal video autoencoder on posed-video clips.
+
+The trainable module is :class:`AutoencoderObjective` (the autoencoder plus its loss
+weights): ``objective(batch) -> (loss, logs)`` with every loss term logged. Evaluation
+measures PSNR / SSIM of held-out reconstructions (float32, clamped to [-1, 1], per frame
+then averaged) and saves originals above reconstructions as a PNG. The export measures the
+per-channel latent statistics on training clips, stores them in the config, and writes the
+EMA autoencoder with :func:`world_model.checkpoint.save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from world_model.autoencoder import Autoencoder, AutoencoderConfig
+from world_model.autoencoder.losses import LossWeights, psnr, reconstruction_loss, ssim
+from world_model.checkpoint import save_pretrained
+from world_model.data import PosedVideoDataset
+from world_model.train.plots import save_png, video_grid
+from world_model.train.stage import Batch, Logs, Stage
+
+__all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "latent_statistics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AutoencoderStageConfig:
+    """Options of the autoencoder stage."""
+
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    """The autoencoder's architecture."""
+    loss: LossWeights = field(default_factory=LossWeights)
+    """Weights of the loss terms."""
+    crops_per_clip: int = 4
+    """Random crops drawn per training clip and epoch."""
+    stats_clips: int = 256
+    """Training clips (spread over the dataset) whose latents give the per-channel statistics."""
+    eval_batch: int = 4
+    """Held-out clips per forward pass in evaluation and statistics."""
+    picture_clips: int = 4
+    """Held-out clips shown in the reconstruction picture."""
+
+    def __post_init__(self) -> None:
+        for name in ("crops_per_clip", "stats_clips", "eval_batch", "picture_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class AutoencoderObjective(nn.Module):
+    """The autoencoder with its loss: ``forward(batch) -> (loss, logs)``."""
+
+    def __init__(self, autoencoder: Autoencoder, weights: LossWeights) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.weights = weights
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Logs]:
+        video = batch["video"]  # (B, T, 3, H, W) in [-1, 1]
+        rec = self.autoencoder(video)
+        return reconstruction_loss(rec.video, video, rec.raw_latents, self.weights)
+
+
+def _frames_uint8(video: Tensor) -> np.ndarray:
+    """``(T, 3, H, W)`` in [-1, 1] -> ``(T, H, W, 3)`` uint8."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def latent_statistics(autoencoder: Autoencoder, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation ``(L,)`` of the raw latents of ``loader``'s
+    clips (accumulated in float64)."""
+    L = autoencoder.config.latent_channels
+    total = torch.zeros(L, dtype=torch.float64)
+    square = torch.zeros(L, dtype=torch.float64)
+    count = 0
+    for batch in loader:
+        raw = autoencoder.encoder(batch["video"].to(device), None)[0].double().cpu()  # (B, T, L, h, w)
+        raw = raw.transpose(0, 2).reshape(L, -1)  # (L, B T h w)
+        total += raw.sum(1)
+        square += raw.square().sum(1)
+        count += raw.shape[1]
+    mean = total / count
+    std = (square / count - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+class AutoencoderStage(Stage):
+    """See the module docstring."""
+
+    name = "autoencoder"
+    config_class = AutoencoderStageConfig
+
+    def __init__(self, train, config: AutoencoderStageConfig) -> None:
+        super().__init__(train, config)
+        K = config.model.temporal_stride
+        for what, frames in (("clip_frames", train.clip_frames), ("eval_frames", train.eval_frames)):
+            if (frames - 1) % K:
+                raise ValueError(f"{what} must be 1 + {K}n (1, {1 + K}, {1 + 2 * K}, ...) for the autoencoder, "
+                                 f"got {frames}")
+
+    def build_model(self) -> nn.Module:
+        return AutoencoderObjective(Autoencoder(self.config.model), self.config.loss)
+
+    def train_dataset(self) -> Dataset:
+        ds = PosedVideoDataset(self.train.data, self.train.clip_frames, seed=self.train.seed,
+                               samples_per_clip=self.config.crops_per_clip)
+        self._check_size(ds, self.train.data)
+        return ds
+
+    def heldout_dataset(self) -> Dataset | None:
+        if not self.train.heldout:
+            return None
+        ds = PosedVideoDataset(self.train.heldout, self.train.eval_frames, random_crop=False)
+        self._check_size(ds, self.train.heldout)
+        n = min(self.train.eval_clips or len(ds), len(ds))
+        return Subset(ds, range(n))
+
+    def _check_size(self, ds: PosedVideoDataset, where: str) -> None:
+        s = self.config.model.spatial_stride
+        H, W = ds.frame_shape
+        if H % s or W % s:
+            raise ValueError(f"{where}: frames are {H}x{W}; the autoencoder needs multiples of {s}")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, heldout: Dataset, out_dir: Path, step: int) -> dict[str, float]:
+        ae: Autoencoder = model.autoencoder
+        device = next(ae.parameters()).device
+        psnrs, ssims, pictures = [], [], []
+        for batch in DataLoader(heldout, batch_size=self.config.eval_batch):
+            video = batch["video"].to(device)  # (B, T, 3, H, W)
+            rec = ae(video).video.clamp(-1, 1)  # (B, T, 3, H, W)
+            psnrs.append(psnr(rec.flatten(0, 1), video.flatten(0, 1)).view(video.shape[:2]).cpu())  # (B, T)
+            ssims.append(ssim(rec.flatten(0, 1), video.flatten(0, 1)).view(video.shape[:2]).cpu())  # (B, T)
+            for b in range(video.shape[0]):
+                if len(pictures) < 2 * self.config.picture_clips:
+                    every = ae.config.temporal_stride
+                    pictures += [_frames_uint8(video[b, ::every]), _frames_uint8(rec[b, ::every])]
+        p, s = torch.cat(psnrs), torch.cat(ssims)  # (N, T)
+        save_png(video_grid(pictures), out_dir / f"recon-{step:08d}.png")
+        return {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_first_frame": float(p[:, 0].mean()),
+                "psnr_worst_clip": float(p.mean(1).min())}
+
+    @torch.no_grad()
+    def export(self, model: nn.Module, out_dir: Path, extra: dict[str, Any]) -> None:
+        ae: Autoencoder = model.autoencoder
+        device = next(ae.parameters()).device
+        data = PosedVideoDataset(self.train.data, self.train.clip_frames, random_crop=False)
+        n = min(self.config.stats_clips, len(data))
+        picks = np.linspace(0, len(data) - 1, n).round().astype(int).tolist()
+        loader = DataLoader(Subset(data, picks), batch_size=self.config.eval_batch)
+        mean, std = latent_statistics(ae, loader, device)
+        ae.set_latent_stats(mean, std)
+        log.info("latent statistics over %d training clips: mean in [%.3f, %.3f], std in [%.3f, %.3f]",
+                 n, mean.min(), mean.max(), std.min(), std.max())
+        save_pretrained(out_dir, ae, ae.config, extra={**extra, "latent_stats_clips": n})

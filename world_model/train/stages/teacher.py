@@ -1,0 +1,286 @@
+"""Stage ``teacher``: train the chunk-causal flow-matching backbone on autoencoder latents.
+
+The training clips are encoded once by the frozen autoencoder (``--autoencoder``, default:
+the one shipped in the package) into a latent cache inside the run folder, written
+atomically; later runs and resumes reuse it. Each item is the first ``T`` latent frames of
+a clip (its first frame alone, then groups of K = 4) with the raw-frame poses and
+intrinsics; ``T`` grows with the epoch (``progressive``: short clips first). The module
+``TeacherObjective(batch) -> (loss, logs)`` computes the camera conditioning and the
+chunk-causal flow-matching loss (:mod:`world_model.diffusion.flow_matching`).
+
+Evaluation generates each held-out clip from its first frame along its true camera path
+(streaming, few-step Euler sampling, the state carried across chunks) and reports PSNR
+against the exact reference render by horizon, beside two baselines on the same clips: the
+first frame repeated, and the same model with its camera conditioning off. It saves the
+PSNR-vs-horizon plot and a picture of generated vs reference frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from world_model.autoencoder import Autoencoder
+from world_model.autoencoder.losses import psnr
+from world_model.checkpoint import save_pretrained, write_files_atomically
+from world_model.data import PosedVideoDataset
+from world_model.diffusion import FlowMatchingConfig, flow_matching_loss, sampling_times
+from world_model.generation import rollout_latents
+from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs
+from world_model.train.plots import plot_history, save_png, video_grid
+from world_model.train.stage import Batch, Logs, Stage
+
+__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig", "default_autoencoder_path"]
+
+log = logging.getLogger(__name__)
+
+
+def default_autoencoder_path() -> Path:
+    """The autoencoder shipped inside the package."""
+    return Path(__file__).resolve().parents[2] / "weights" / "autoencoder"
+
+
+@dataclass(frozen=True)
+class TeacherStageConfig:
+    """Options of the teacher stage."""
+
+    model: WorldModelConfig = field(default_factory=WorldModelConfig.tiny)
+    """The backbone's architecture."""
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    """Timestep distribution and per-chunk noise mixture."""
+    autoencoder: str = ""
+    """Folder of the frozen autoencoder (empty: the one shipped in the package)."""
+    progressive: tuple[int, ...] = (5, 9, 17)
+    """Latent frames per training clip, growing: stage i lasts ``progressive_epochs[i]`` epochs."""
+    progressive_epochs: tuple[int, ...] = (1, 2)
+    """Epochs spent at each length but the last."""
+    fov_deg: float = 90.0
+    """Field of view of the dataset (for the intrinsics check of external data only)."""
+    sample_steps: int = 4
+    """Euler steps per chunk in evaluation."""
+    sample_shift: float = 3.0
+    """Timestep shift of the sampling grid."""
+    horizons_s: tuple[float, ...] = (0.5, 1.0, 2.0)
+    """Horizons (seconds after the first frame) at which evaluation reports PSNR."""
+    eval_batch: int = 4
+    """Held-out clips generated at once."""
+    encode_batch: int = 16
+    """Clips per autoencoder call when building the latent cache."""
+
+    def __post_init__(self) -> None:
+        if len(self.progressive_epochs) != len(self.progressive) - 1:
+            raise ValueError(f"progressive_epochs needs {len(self.progressive) - 1} entries for progressive={self.progressive}")
+        if min(self.progressive) < 1:
+            raise ValueError(f"progressive lengths must be >= 1, got {self.progressive}")
+
+
+class LatentClips(Dataset):
+    """Pre-encoded clips: ``latents (N, T, C, h, w)``, ``c2w (N, F, 4, 4)``, ``intrinsics (N, 3, 3)``.
+
+    Item ``i`` is clip ``i``'s first ``length`` latent frames and their ``1 + K (length - 1)``
+    raw poses; :meth:`set_epoch` picks ``length`` from the progressive schedule.
+    """
+
+    def __init__(self, tensors: dict[str, Tensor], k: int, progressive: tuple[int, ...], epochs: tuple[int, ...]):
+        self.latents, self.c2w, self.intrinsics = tensors["latents"], tensors["c2w"], tensors["intrinsics"]
+        self.k, self.progressive, self.epochs = k, progressive, epochs
+        self.max_frames = self.latents.shape[1]
+        self.length = min(progressive[0], self.max_frames)
+
+    def set_epoch(self, epoch: int) -> None:
+        bounds = np.cumsum(self.epochs)
+        self.length = min(self.progressive[int(np.searchsorted(bounds, epoch, side="right"))], self.max_frames)
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        T = self.length
+        return {"latents": self.latents[i, :T], "c2w": self.c2w[i, : 1 + self.k * (T - 1)], "intrinsics": self.intrinsics[i]}
+
+
+class TeacherObjective(nn.Module):
+    """The backbone with its loss: ``forward(batch) -> (loss, logs)``."""
+
+    def __init__(self, backbone: WorldModelBackbone, flow: FlowMatchingConfig, image_hw: tuple[int, int]):
+        super().__init__()
+        self.backbone = backbone
+        self.flow = flow
+        self.image_hw = image_hw
+
+    def camera(self, c2w: Tensor, intrinsics: Tensor):
+        cfg = self.backbone.cfg
+        return camera_inputs(c2w, intrinsics, self.image_hw, (cfg.latent_height, cfg.latent_width), cfg.frames_per_latent,
+                             cfg.pose_scale)
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Logs]:
+        latents = batch["latents"]  # (B, T, C, h, w)
+        cam = self.camera(batch["c2w"], batch["intrinsics"])
+        chunks = self.backbone.cfg.chunk_lengths(latents.shape[1])
+        loss, logs = flow_matching_loss(self.backbone, latents, cam, chunks, self.flow)
+        return loss, {k: torch.tensor(v) for k, v in logs.items()}
+
+
+class TeacherStage(Stage):
+    """See the module docstring."""
+
+    name = "teacher"
+    config_class = TeacherStageConfig
+
+    def __init__(self, train, config: TeacherStageConfig) -> None:
+        super().__init__(train, config)
+        K = config.model.frames_per_latent
+        for what, frames in (("clip_frames", train.clip_frames), ("eval_frames", train.eval_frames)):
+            if (frames - 1) % K:
+                raise ValueError(f"{what} must be 1 + {K}n frames for the teacher, got {frames}")
+        self._ae: Autoencoder | None = None
+
+    # ------------------------------------------------------------------------- pieces
+    def autoencoder(self) -> Autoencoder:
+        if self._ae is None:
+            from world_model.autoencoder import load_autoencoder
+
+            self._ae = load_autoencoder(self.config.autoencoder or default_autoencoder_path()).eval()
+            for p in self._ae.parameters():
+                p.requires_grad_(False)
+        return self._ae
+
+    def _image_hw(self, ds: PosedVideoDataset) -> tuple[int, int]:
+        H, W = ds.frame_shape
+        cfg = self.config.model
+        if (H // 8, W // 8) != (cfg.latent_height, cfg.latent_width):
+            raise ValueError(f"frames of {H}x{W} give an {H // 8}x{W // 8} latent grid; the model expects "
+                             f"{cfg.latent_height}x{cfg.latent_width}")
+        return H, W
+
+    def build_model(self) -> nn.Module:
+        ds = PosedVideoDataset(self.train.data, self.train.clip_frames, random_crop=False)
+        latent = self.autoencoder().config.latent_channels
+        if latent != self.config.model.latent_channels:
+            raise ValueError(f"the autoencoder makes {latent} latent channels; set --model.latent-channels {latent} "
+                             f"(got {self.config.model.latent_channels})")
+        return TeacherObjective(WorldModelBackbone(self.config.model), self.config.flow, self._image_hw(ds))
+
+    def _latent_cache(self) -> dict[str, Tensor]:
+        """Encode the training clips once (first ``clip_frames`` frames of each) and keep the
+        result in the run folder, keyed by the data, frames and autoencoder."""
+        ae = self.autoencoder()
+        ae_file = Path(self.config.autoencoder or default_autoencoder_path()) / "model.safetensors"
+        key = hashlib.sha256(json.dumps([str(Path(self.train.data).resolve()), self.train.clip_frames,
+                                         hashlib.sha256(ae_file.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
+        file = Path(self.train.out) / f"latents-{key}.safetensors"
+        if file.is_file():
+            return safetensors.torch.load_file(file)
+        ds = PosedVideoDataset(self.train.data, self.train.clip_frames, random_crop=False)
+        out: dict[str, list[Tensor]] = {"latents": [], "c2w": [], "intrinsics": []}
+        log.info("encoding %d training clips of %d frames into %s", len(ds), self.train.clip_frames, file)
+        with torch.no_grad():
+            for batch in DataLoader(ds, batch_size=self.config.encode_batch):
+                out["latents"].append(ae.encode(batch["video"]).float())
+                out["c2w"].append(batch["c2w"].float())
+                out["intrinsics"].append(batch["intrinsics"][:, 0].float())
+        tensors = {k: torch.cat(v).contiguous() for k, v in out.items()}
+        buf = io.BytesIO(safetensors.torch.save(tensors))
+        write_files_atomically(file.parent, {file.name: buf.getvalue()})
+        return tensors
+
+    def train_dataset(self) -> Dataset:
+        cfg = self.config
+        return LatentClips(self._latent_cache(), cfg.model.frames_per_latent, cfg.progressive, cfg.progressive_epochs)
+
+    def heldout_dataset(self) -> Dataset | None:
+        if not self.train.heldout:
+            return None
+        ds = PosedVideoDataset(self.train.heldout, self.train.eval_frames, random_crop=False)
+        self._image_hw(ds)
+        n = min(self.train.eval_clips or len(ds), len(ds))
+        return Subset(ds, range(n))
+
+    # ---------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, heldout: Dataset, out_dir: Path, step: int) -> dict[str, float]:
+        report = evaluate_rollouts(model.backbone, self.autoencoder(), heldout, self.config, model.image_hw,
+                                   out_dir / f"rollout-{step:08d}.png")
+        save_horizon_plot(report, out_dir / f"psnr-horizon-{step:08d}.png")
+        return {k: v for k, v in report.items() if isinstance(v, float)}
+
+    @torch.no_grad()
+    def export(self, model: nn.Module, out_dir: Path, extra: dict[str, Any]) -> None:
+        """A complete world-model folder: ``backbone/`` (the EMA weights, the sampling
+        settings) and ``autoencoder/`` (the frozen one it was trained on), so that
+        ``WorldModel.from_pretrained(out_dir)`` loads it."""
+        ae = self.autoencoder()
+        save_pretrained(out_dir / "autoencoder", ae, ae.config)
+        sampling = {"steps": self.config.sample_steps, "shift": self.config.sample_shift}
+        save_pretrained(out_dir / "backbone", model.backbone, model.backbone.cfg,
+                        extra={**extra, "sampling": sampling, "image_hw": list(model.image_hw),
+                               "flow": dataclasses.asdict(self.config.flow)})
+
+
+# --------------------------------------------------------------------------- evaluation
+def _uint8(video: Tensor) -> np.ndarray:
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Dataset, cfg: TeacherStageConfig,
+                      image_hw: tuple[int, int], picture: Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """PSNR by raw frame of generated vs reference video for the model, the model without
+    camera conditioning and the first frame repeated; floats at ``cfg.horizons_s``."""
+    m = backbone.cfg
+    times = sampling_times(cfg.sample_steps, cfg.sample_shift)
+    curves: dict[str, list[Tensor]] = {"model": [], "no_camera": [], "first_frame": []}
+    pictures: list[np.ndarray] = []
+    g = torch.Generator().manual_seed(seed)
+    for batch in DataLoader(heldout, batch_size=cfg.eval_batch):
+        video = batch["video"]  # (B, F, 3, H, W) exact renders in [-1, 1]
+        B, F = video.shape[:2]
+        T = 1 + (F - 1) // m.frames_per_latent
+        first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
+        cam = camera_inputs(batch["c2w"], batch["intrinsics"][:, 0], image_hw, (m.latent_height, m.latent_width),
+                            m.frames_per_latent, m.pose_scale)
+        for name, c in (("model", cam), ("no_camera", None)):
+            lat, _ = rollout_latents(backbone, first, c, T, times, g)
+            gen = ae.decode(lat).clamp(-1, 1)  # (B, F, 3, H, W)
+            curves[name].append(psnr(gen.flatten(0, 1), video.flatten(0, 1)).view(B, F))
+            if name == "model" and len(pictures) < 4:
+                every = max(1, F // 8)
+                for b in range(min(B, 2)):
+                    pictures += [_uint8(video[b, ::every]), _uint8(gen[b, ::every])]
+        rep = video[:, :1].expand_as(video)
+        curves["first_frame"].append(psnr(rep.flatten(0, 1), video.flatten(0, 1)).view(B, F))
+    fps = 16.0
+    report: dict[str, Any] = {}
+    for name, parts in curves.items():
+        curve = torch.cat(parts).mean(0)  # (F,) mean over clips
+        report[f"curve_{name}"] = curve.tolist()
+        for h in cfg.horizons_s:
+            i = int(round(h * fps))
+            if i < curve.shape[0]:
+                report[f"psnr_{name}_{h:g}s"] = float(curve[i])
+        report[f"psnr_{name}_mean"] = float(curve[1:].mean())
+    if picture is not None and pictures:
+        save_png(video_grid(pictures), picture)
+    return report
+
+
+def save_horizon_plot(report: dict[str, Any], path: Path) -> None:
+    """PSNR (dB) against seconds: the model, camera off, the first frame repeated (one panel each)."""
+    names = [n for n in ("model", "no_camera", "first_frame") if report.get(f"curve_{n}")]
+    if not names:
+        return
+    length = len(report[f"curve_{names[0]}"])
+    history = [{"seconds": i / 16.0, **{f"psnr_{n}": report[f"curve_{n}"][i] for n in names}} for i in range(length)]
+    plot_history(history, [f"psnr_{n}" for n in names], path, x="seconds")
