@@ -142,6 +142,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "env":
+        return _bench_vector_env(args)
     import torch
 
     from sanawm_gym.geometry import intrinsics_from_fov, pose_from_yaw_pitch
@@ -175,6 +177,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
             env.reset()
     dt = time.perf_counter() - t0
     print(f"{DEFAULT_ENV} (64x64, compiled renderer, collisions): {args.env_steps / dt:.0f} steps/s")
+    return 0
+
+
+def _bench_vector_env(args: argparse.Namespace) -> int:
+    """Frames/s of the batched world-model env at several batch sizes, side by side."""
+    import gymnasium as gym
+    import torch
+
+    import sanawm_gym  # noqa: F401
+    from sanawm_gym.envs.world_model_nav import load_world_model
+
+    model = load_world_model(args.model or None)
+    print(f"SanaWM/Nav-v0 native vector env, {model.sample_steps} sampler steps + 1 commit pass per step, "
+          f"{model.config.frames_per_latent} frames per step, {torch.get_num_threads()} threads")
+    print(f"{'envs':>5} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7}")
+    base = None
+    for n in args.num_envs:
+        venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model)
+        venv.reset(seed=args.seed)
+        actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
+        venv.step(actions[0])  # warm-up
+        t0 = time.perf_counter()
+        for a in actions[1:]:
+            venv.step(a)
+        dt = time.perf_counter() - t0
+        frames = n * args.env_steps * model.config.frames_per_latent / dt
+        base = base or frames
+        print(f"{n:>5} {n * args.env_steps / dt:>9.1f} {frames:>9.1f} {frames / base:>6.1f}x")
+        venv.close()
     return 0
 
 
@@ -267,12 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("bench", help="renderer and env throughput")
-    b.add_argument("target", nargs="?", default="render", choices=["render"], help="what to benchmark")
+    b = sub.add_parser("bench", help="renderer and env throughput; `bench env`: the batched world-model env")
+    b.add_argument("target", nargs="?", default="render", choices=["render", "env"], help="what to benchmark")
+    b.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16, 64], help="`bench env`: batch sizes")
+    b.add_argument("--model", default="", help="`bench env`: world-model checkpoint (default: the shipped one)")
     b.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     b.add_argument("--batch", type=int, default=64, help="cameras per render call")
     b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--env-steps", type=int, default=200)
+    b.add_argument("--env-steps", type=int, default=200, help="timed env steps (`bench env`: per batch size)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)
 

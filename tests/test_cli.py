@@ -36,3 +36,20 @@ def test_eval_prints_success_rate():
 def test_bench_prints_side_by_side_figures():
     stdout = run_cli("bench", "--sizes", "16", "--batch", "2", "--repeats", "1", "--env-steps", "3")
     assert "16x16" in stdout and "steps/s" in stdout and "x" in stdout.splitlines()[2]
+
+
+def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
+    import torch
+
+    from world_model.autoencoder import Autoencoder, AutoencoderConfig
+    from world_model.model import WorldModelBackbone, WorldModelConfig
+    from world_model.world_model import WorldModel
+
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(latent_channels=4, frame_widths=(8, 8), latent_widths=(16, 16),
+                                       encoder_blocks=(1, 0, 0, 1), decoder_blocks=(1, 0, 0, 1)))
+    backbone = WorldModelBackbone(WorldModelConfig(latent_channels=4, depth=2, width=32, num_heads=2, softmax_every=2))
+    WorldModel(ae, backbone, sample_steps=1).save_pretrained(tmp_path / "wm")
+    stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "2", "--env-steps", "2")
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"] and rows[0][-1] == "1.0x"

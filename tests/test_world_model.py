@@ -144,3 +144,16 @@ def test_teacher_stage_trains_resumes_and_exports_a_loadable_world_model(tmp_pat
     wm = WorldModel.from_pretrained(out / "final")
     K = intrinsics_from_fov(90, 32, 32).numpy()
     assert wm.generate_video(first_frame(), path(5), K).shape == (5, 32, 32, 3)
+
+
+def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):
+    from world_model.evaluate import main
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    wm.save_pretrained(tmp_path / "wm")
+    assert main(["--model", str(tmp_path / "wm"), "--data", str(tmp_path / "held"), "--clips", "2", "--seconds", "0.5",
+                 "--horizons", "0.25", "0.5", "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "camera off" in out and "first frame" in out and "   0.5s" in out
+    for name in ("report.json", "psnr-horizon.png", "rollout.png"):
+        assert (tmp_path / "eval" / name).exists()

@@ -305,3 +305,23 @@ def optimizer_state_from_flat(tensors: Mapping[str, torch.Tensor], data: dict[st
             group["betas"] = tuple(group["betas"])
         groups.append(group)
     return {"state": state, "param_groups": groups}
+
+
+# ------------------------------------------------------------------------------ run configs
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_differences(stored: Any, wanted: Any, ignore: frozenset[str] = frozenset(),
+                       labels: tuple[str, str] = ("stored", "wanted")) -> list[str]:
+    """``"field: <stored> <label 0>, <wanted> <label 1>"`` for every differing field
+    (nested fields dotted) of two JSON-like configs, except those in ``ignore``."""
+    a, b = _flatten(json.loads(json.dumps(stored))), _flatten(json.loads(json.dumps(wanted)))
+    missing = "<missing>"
+    return [f"{k}: {a.get(k, missing)!r} {labels[0]}, {b.get(k, missing)!r} {labels[1]}"
+            for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k, missing) != b.get(k, missing)]

@@ -111,12 +111,14 @@ class WorldModel(nn.Module):
         return cls(ae, backbone, int(sampling.get("steps", 4)), float(sampling.get("shift", 3.0)),
                    tuple(image_hw) if image_hw else None)
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``autoencoder/`` and ``backbone/`` into ``path`` (atomically, each)."""
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, extra: dict | None = None) -> Path:
+        """Write ``autoencoder/`` and ``backbone/`` into ``path`` (atomically, each).
+        ``dtype`` (e.g. ``torch.float16``) stores the weights smaller; loading converts back
+        to float32. ``extra`` is recorded in the backbone's ``config.json``."""
         root = Path(path)
-        save_pretrained(root / "autoencoder", self.autoencoder, self.autoencoder.config)
-        save_pretrained(root / "backbone", self.backbone, self.backbone.cfg,
-                        extra={"sampling": {"steps": self.sample_steps, "shift": self.sample_shift},
+        save_pretrained(root / "autoencoder", self.autoencoder, self.autoencoder.config, dtype=dtype)
+        save_pretrained(root / "backbone", self.backbone, self.backbone.cfg, dtype=dtype,
+                        extra={**(extra or {}), "sampling": {"steps": self.sample_steps, "shift": self.sample_shift},
                                "image_hw": list(self.image_hw)})
         return root
 

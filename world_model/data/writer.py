@@ -57,6 +57,7 @@ from sanawm_gym.geometry import intrinsics_from_fov
 from sanawm_gym.kinematics import MotionConfig
 from sanawm_gym.reference_world import WORLD_VERSION, SceneConfig, generate_scene, render, render_backend
 from sanawm_gym.reference_world.trajectories import TrajectoryConfig, generate_trajectory
+from world_model.checkpoint import config_differences
 from world_model.data.layout import (
     ARRAYS,
     FORMAT,
@@ -155,19 +156,8 @@ def _shard_is_valid(folder: Path, entry: dict[str, Any]) -> bool:
     return path.is_file() and path.stat().st_size == entry["bytes"] and file_sha256(path) == entry["sha256"]
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def _config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    a, b = _flatten(stored), _flatten(wanted)
-    return [f"{k}: {a.get(k, '<missing>')!r} in the folder, {b.get(k, '<missing>')!r} requested"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<missing>") != b.get(k, "<missing>")]
+    return config_differences(stored, wanted, labels=("in the folder", "requested"))
 
 
 def _manifest(cfg: DatasetConfig, num_clips: int, shards: list[dict[str, Any]], complete: bool) -> dict[str, Any]:

@@ -81,10 +81,11 @@ def flow_matching_loss(model, latents: torch.Tensor, camera, chunk_lengths: list
     weight = (t > 0).float()  # clean frames carry no loss
     per_frame = (pred.float() - target.float()).square().mean((2, 3, 4))  # (B, T)
     loss = (per_frame * weight).sum() / weight.sum().clamp_min(1.0)
-    logs = {"loss": float(loss), "t_mean": float(t[weight > 0].mean()) if weight.any() else 0.0}
-    for i, name in enumerate(("equal", "increasing", "independent", "prefix")):
+    logs = {"loss": float(loss.detach()), "t_mean": float(t[weight > 0].mean()) if weight.any() else 0.0}
+    detached = per_frame.detach()
+    for i, name in enumerate(PATTERNS):
         sel = pattern == i
         if sel.any():
             w = weight[sel]
-            logs[f"loss_{name}"] = float((per_frame[sel] * w).sum() / w.sum().clamp_min(1.0))
+            logs[f"loss_{name}"] = float((detached[sel] * w).sum() / w.sum().clamp_min(1.0))
     return loss, logs

@@ -72,8 +72,39 @@ def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.unflatten(-1, (h, -1))  # (..., C) -> (..., H, D)
 
 
+# ------------------------------------------------------------------------- shared pieces
+class _GatedAttention(nn.Module):
+    """What both attention kinds own: q/k/v, per-head q/k norm weights, the output gate
+    (W_g = 0, b_g = 1.2785: SiLU(b_g) = 1) and projection, and the camera branch's own
+    q/k/v, norm weights and zero-initialised output projection. Subclasses add their own
+    parameters, then call :meth:`reset_gates`."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        C, H, D = cfg.width, cfg.num_heads, cfg.head_dim
+        self.cfg, self.H, self.D = cfg, H, D
+        self.qkv = nn.Linear(C, 3 * C, bias=False)
+        self.q_norm = nn.Parameter(torch.ones(D))
+        self.k_norm = nn.Parameter(torch.ones(D))
+        self.gate = nn.Linear(C, C)
+        self.out = nn.Linear(C, C)
+        if cfg.camera_branches:
+            self.cam_qkv = nn.Linear(C, 3 * C, bias=False)
+            self.cam_q_norm = nn.Parameter(torch.ones(D))
+            self.cam_k_norm = nn.Parameter(torch.ones(D))
+            self.cam_out = nn.Linear(C, C)
+
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, GATE_BIAS)
+        if self.cfg.camera_branches:
+            nn.init.zeros_(self.cam_out.weight)
+            nn.init.zeros_(self.cam_out.bias)
+
+
 # ------------------------------------------------------------------ frame-wise Gated DeltaNet
-class FrameGDNAttention(nn.Module):
+class FrameGDNAttention(_GatedAttention):
     """Frame-wise Gated DeltaNet (DESIGN.md), chunk-causal, with the UCPE camera branch.
 
     Per head, with ``K~, Q~`` the rotary copies (numerator only) and ``B_t = diag(beta)``:
@@ -94,13 +125,9 @@ class FrameGDNAttention(nn.Module):
     """
 
     def __init__(self, cfg: WorldModelConfig):
-        super().__init__()
-        C, H, D = cfg.width, cfg.num_heads, cfg.head_dim
-        self.cfg, self.H, self.D = cfg, H, D
+        super().__init__(cfg)
+        C, H = cfg.width, cfg.num_heads
         nb = 2 if cfg.camera_branches else 1
-        self.qkv = nn.Linear(C, 3 * C, bias=False)
-        self.q_norm = nn.Parameter(torch.ones(D))
-        self.k_norm = nn.Parameter(torch.ones(D))
         conv = torch.zeros(nb * C, cfg.short_conv_kernel)
         conv[:, -1] = 1.0  # identity initialisation
         self.k_conv = nn.Parameter(conv)
@@ -108,26 +135,15 @@ class FrameGDNAttention(nn.Module):
         self.decay = nn.Linear(C, H)
         self.dt_bias = nn.Parameter(torch.full((H,), -5.0))
         self.A_log = nn.Parameter(torch.zeros(H))
-        self.gate = nn.Linear(C, C)
-        self.out = nn.Linear(C, C)
-        if cfg.camera_branches:
-            self.cam_qkv = nn.Linear(C, 3 * C, bias=False)
-            self.cam_q_norm = nn.Parameter(torch.ones(D))
-            self.cam_k_norm = nn.Parameter(torch.ones(D))
-            self.cam_out = nn.Linear(C, C)
         self.reset_gates()
 
     @torch.no_grad()
     def reset_gates(self) -> None:
+        super().reset_gates()
         nn.init.zeros_(self.beta.weight)
         nn.init.constant_(self.beta.bias, 5.0)
         nn.init.zeros_(self.decay.weight)
         nn.init.zeros_(self.decay.bias)
-        nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, GATE_BIAS)
-        if self.cfg.camera_branches:
-            nn.init.zeros_(self.cam_out.weight)
-            nn.init.zeros_(self.cam_out.bias)
 
     def _features(self, q, k, q_w, k_w):
         """RMSNorm and ReLU on q and k per head; k scaled by D^-1/2 S^-1/2."""
@@ -169,7 +185,7 @@ class FrameGDNAttention(nn.Module):
 
 
 # -------------------------------------------------------------------- chunk-causal softmax
-class ChunkSoftmaxAttention(nn.Module):
+class ChunkSoftmaxAttention(_GatedAttention):
     """Softmax attention, full inside a chunk and causal across chunks, over a *sink* (the
     first chunk) plus a window of the ``softmax_window_chunks`` most recent chunks.
 
@@ -182,28 +198,8 @@ class ChunkSoftmaxAttention(nn.Module):
     """
 
     def __init__(self, cfg: WorldModelConfig):
-        super().__init__()
-        C, H, D = cfg.width, cfg.num_heads, cfg.head_dim
-        self.cfg, self.H, self.D = cfg, H, D
-        self.qkv = nn.Linear(C, 3 * C, bias=False)
-        self.q_norm = nn.Parameter(torch.ones(D))
-        self.k_norm = nn.Parameter(torch.ones(D))
-        self.gate = nn.Linear(C, C)
-        self.out = nn.Linear(C, C)
-        if cfg.camera_branches:
-            self.cam_qkv = nn.Linear(C, 3 * C, bias=False)
-            self.cam_q_norm = nn.Parameter(torch.ones(D))
-            self.cam_k_norm = nn.Parameter(torch.ones(D))
-            self.cam_out = nn.Linear(C, C)
+        super().__init__(cfg)
         self.reset_gates()
-
-    @torch.no_grad()
-    def reset_gates(self) -> None:
-        nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, GATE_BIAS)
-        if self.cfg.camera_branches:
-            nn.init.zeros_(self.cam_out.weight)
-            nn.init.zeros_(self.cam_out.bias)
 
     def _write_plan(self, chunk_index: torch.Tensor, n: int, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Where each row's chunk of ``n`` frames goes: ``slots (B, n)`` cache indices,
@@ -291,7 +287,7 @@ class GLUMBConvFFN(nn.Module):
         B, T, S, _ = x.shape
         h, w = self.cfg.latent_height, self.cfg.latent_width
         y = self.expand(x)  # (B, T, S, 2hid)
-        y = y.reshape(B * T, h, w, -1).permute(0, 3, 1, 2)  # (B*T, 2hid, h, w)
+        y = y.reshape(B * T, h, w, -1).permute(0, 3, 1, 2).contiguous()  # (B*T, 2hid, h, w)
         y = self.depthwise(y).permute(0, 2, 3, 1).reshape(B, T, S, -1)
         a, g = y.chunk(2, -1)
         y = a * F.silu(g)  # (B, T, S, hid)

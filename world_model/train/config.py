@@ -7,11 +7,12 @@ import argparse
 import ast
 import dataclasses
 import inspect
-import json
 import textwrap
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+from world_model import checkpoint
 
 __all__ = ["TrainConfig", "add_dataclass_arguments", "config_differences", "dataclass_from_args", "field_docs"]
 
@@ -180,17 +181,6 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", b
     return dataclasses.replace(base, **values) if base is not None else cls(**values)
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def config_differences(stored: dict[str, Any], wanted: dict[str, Any], ignore: frozenset[str] = frozenset()) -> list[str]:
     """``"field: stored ... wanted"`` for every differing (nested: dotted) field of two JSON configs."""
-    a, b = _flatten(json.loads(json.dumps(stored))), _flatten(json.loads(json.dumps(wanted)))
-    return [f"{k}: {a.get(k, '<missing>')!r} in the run folder, {b.get(k, '<missing>')!r} now"
-            for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k, "<missing>") != b.get(k, "<missing>")]
+    return checkpoint.config_differences(stored, wanted, ignore, ("in the run folder", "now"))

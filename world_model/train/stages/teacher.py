@@ -33,13 +33,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from world_model.autoencoder import Autoencoder
-from world_model.autoencoder.losses import psnr
 from world_model.checkpoint import save_pretrained, write_files_atomically
 from world_model.data import PosedVideoDataset
-from world_model.diffusion import FlowMatchingConfig, flow_matching_loss, sampling_times
-from world_model.generation import rollout_latents
+from world_model.diffusion import FlowMatchingConfig, flow_matching_loss
 from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs
-from world_model.train.plots import plot_history, save_png, video_grid
+from world_model.evaluation import evaluate_rollouts, save_horizon_plot
 from world_model.train.stage import Batch, Logs, Stage
 
 __all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig", "default_autoencoder_path"]
@@ -211,8 +209,9 @@ class TeacherStage(Stage):
     # ---------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: nn.Module, heldout: Dataset, out_dir: Path, step: int) -> dict[str, float]:
-        report = evaluate_rollouts(model.backbone, self.autoencoder(), heldout, self.config, model.image_hw,
-                                   out_dir / f"rollout-{step:08d}.png")
+        cfg = self.config
+        report = evaluate_rollouts(model.backbone, self.autoencoder(), heldout, model.image_hw, cfg.sample_steps,
+                                   cfg.sample_shift, cfg.horizons_s, cfg.eval_batch, out_dir / f"rollout-{step:08d}.png")
         save_horizon_plot(report, out_dir / f"psnr-horizon-{step:08d}.png")
         return {k: v for k, v in report.items() if isinstance(v, float)}
 
@@ -227,60 +226,3 @@ class TeacherStage(Stage):
         save_pretrained(out_dir / "backbone", model.backbone, model.backbone.cfg,
                         extra={**extra, "sampling": sampling, "image_hw": list(model.image_hw),
                                "flow": dataclasses.asdict(self.config.flow)})
-
-
-# --------------------------------------------------------------------------- evaluation
-def _uint8(video: Tensor) -> np.ndarray:
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-@torch.no_grad()
-def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Dataset, cfg: TeacherStageConfig,
-                      image_hw: tuple[int, int], picture: Path | None = None, seed: int = 0) -> dict[str, Any]:
-    """PSNR by raw frame of generated vs reference video for the model, the model without
-    camera conditioning and the first frame repeated; floats at ``cfg.horizons_s``."""
-    m = backbone.cfg
-    times = sampling_times(cfg.sample_steps, cfg.sample_shift)
-    curves: dict[str, list[Tensor]] = {"model": [], "no_camera": [], "first_frame": []}
-    pictures: list[np.ndarray] = []
-    g = torch.Generator().manual_seed(seed)
-    for batch in DataLoader(heldout, batch_size=cfg.eval_batch):
-        video = batch["video"]  # (B, F, 3, H, W) exact renders in [-1, 1]
-        B, F = video.shape[:2]
-        T = 1 + (F - 1) // m.frames_per_latent
-        first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
-        cam = camera_inputs(batch["c2w"], batch["intrinsics"][:, 0], image_hw, (m.latent_height, m.latent_width),
-                            m.frames_per_latent, m.pose_scale)
-        for name, c in (("model", cam), ("no_camera", None)):
-            lat, _ = rollout_latents(backbone, first, c, T, times, g)
-            gen = ae.decode(lat).clamp(-1, 1)  # (B, F, 3, H, W)
-            curves[name].append(psnr(gen.flatten(0, 1), video.flatten(0, 1)).view(B, F))
-            if name == "model" and len(pictures) < 4:
-                every = max(1, F // 8)
-                for b in range(min(B, 2)):
-                    pictures += [_uint8(video[b, ::every]), _uint8(gen[b, ::every])]
-        rep = video[:, :1].expand_as(video)
-        curves["first_frame"].append(psnr(rep.flatten(0, 1), video.flatten(0, 1)).view(B, F))
-    fps = 16.0
-    report: dict[str, Any] = {}
-    for name, parts in curves.items():
-        curve = torch.cat(parts).mean(0)  # (F,) mean over clips
-        report[f"curve_{name}"] = curve.tolist()
-        for h in cfg.horizons_s:
-            i = int(round(h * fps))
-            if i < curve.shape[0]:
-                report[f"psnr_{name}_{h:g}s"] = float(curve[i])
-        report[f"psnr_{name}_mean"] = float(curve[1:].mean())
-    if picture is not None and pictures:
-        save_png(video_grid(pictures), picture)
-    return report
-
-
-def save_horizon_plot(report: dict[str, Any], path: Path) -> None:
-    """PSNR (dB) against seconds: the model, camera off, the first frame repeated (one panel each)."""
-    names = [n for n in ("model", "no_camera", "first_frame") if report.get(f"curve_{n}")]
-    if not names:
-        return
-    length = len(report[f"curve_{names[0]}"])
-    history = [{"seconds": i / 16.0, **{f"psnr_{n}": report[f"curve_{n}"][i] for n in names}} for i in range(length)]
-    plot_history(history, [f"psnr_{n}" for n in names], path, x="seconds")

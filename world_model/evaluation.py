@@ -1,0 +1,87 @@
+"""Held-out evaluation of the world model against the exact reference render.
+
+Each held-out clip is generated from its first frame along its true camera path (streaming,
+few-step sampling, the state carried across chunks) and compared frame by frame with the
+reference render, beside two baselines on the same clips: the first frame repeated, and the
+same model with its camera conditioning off. Used by the teacher stage's periodic
+evaluation and by ``python -m world_model.evaluate`` for the shipped checkpoint's report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from world_model.autoencoder import Autoencoder
+from world_model.autoencoder.losses import psnr
+from world_model.diffusion import sampling_times
+from world_model.generation import rollout_latents
+from world_model.model import WorldModelBackbone, camera_inputs
+from world_model.train.plots import plot_history, save_png, video_grid
+
+__all__ = ["FPS", "evaluate_rollouts", "save_horizon_plot"]
+
+FPS = 16.0
+"""Raw frames per second of the reference videos."""
+def _uint8(video: Tensor) -> np.ndarray:
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Dataset, image_hw: tuple[int, int],
+                      sample_steps: int, sample_shift: float, horizons_s: tuple[float, ...], batch_size: int = 4,
+                      picture: Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """PSNR by raw frame of generated vs reference video for the model, the model without
+    camera conditioning and the first frame repeated (means over clips, ``curve_*``) and
+    floats at ``horizons_s`` seconds (``psnr_<name>_<h>s``). ``picture``: a PNG of the
+    reference (odd rows) and generated (even rows) frames of the first clips."""
+    m = backbone.cfg
+    times = sampling_times(sample_steps, sample_shift)
+    curves: dict[str, list[Tensor]] = {"model": [], "no_camera": [], "first_frame": []}
+    pictures: list[np.ndarray] = []
+    g = torch.Generator().manual_seed(seed)
+    for batch in DataLoader(heldout, batch_size=batch_size):
+        video = batch["video"]  # (B, F, 3, H, W) exact renders in [-1, 1]
+        B, F = video.shape[:2]
+        T = 1 + (F - 1) // m.frames_per_latent
+        first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
+        cam = camera_inputs(batch["c2w"], batch["intrinsics"][:, 0], image_hw, (m.latent_height, m.latent_width),
+                            m.frames_per_latent, m.pose_scale)
+        for name, c in (("model", cam), ("no_camera", None)):
+            lat, _ = rollout_latents(backbone, first, c, T, times, g)
+            gen = ae.decode(lat).clamp(-1, 1)  # (B, F, 3, H, W)
+            curves[name].append(psnr(gen.flatten(0, 1), video.flatten(0, 1)).view(B, F))
+            if name == "model" and len(pictures) < 4:
+                every = max(1, F // 8)
+                for b in range(min(B, 2)):
+                    pictures += [_uint8(video[b, ::every]), _uint8(gen[b, ::every])]
+        rep = video[:, :1].expand_as(video)
+        curves["first_frame"].append(psnr(rep.flatten(0, 1), video.flatten(0, 1)).view(B, F))
+    fps = FPS
+    report: dict[str, Any] = {}
+    for name, parts in curves.items():
+        curve = torch.cat(parts).mean(0)  # (F,) mean over clips
+        report[f"curve_{name}"] = curve.tolist()
+        for h in horizons_s:
+            i = int(round(h * fps))
+            if i < curve.shape[0]:
+                report[f"psnr_{name}_{h:g}s"] = float(curve[i])
+        report[f"psnr_{name}_mean"] = float(curve[1:].mean())
+    if picture is not None and pictures:
+        save_png(video_grid(pictures), picture)
+    return report
+
+
+def save_horizon_plot(report: dict[str, Any], path: Path) -> None:
+    """PSNR (dB) against seconds: the model, camera off, the first frame repeated (one panel each)."""
+    names = [n for n in ("model", "no_camera", "first_frame") if report.get(f"curve_{n}")]
+    if not names:
+        return
+    length = len(report[f"curve_{names[0]}"])
+    history = [{"seconds": i / FPS, **{f"psnr_{n}": report[f"curve_{n}"][i] for n in names}} for i in range(length)]
+    plot_history(history, [f"psnr_{n}" for n in names], path, x="seconds")
