@@ -22,7 +22,7 @@ from world_model.autoencoder.losses import psnr
 from world_model.diffusion import sampling_times
 from world_model.generation import rollout_latents
 from world_model.model import WorldModelBackbone, camera_inputs
-from world_model.train.plots import plot_history, save_png, video_grid
+from world_model.train.plots import plot_curves, save_png, video_grid
 
 __all__ = ["FPS", "evaluate_rollouts", "save_horizon_plot"]
 
@@ -78,10 +78,12 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
 
 
 def save_horizon_plot(report: dict[str, Any], path: Path) -> None:
-    """PSNR (dB) against seconds: the model, camera off, the first frame repeated (one panel each)."""
-    names = [n for n in ("model", "no_camera", "first_frame") if report.get(f"curve_{n}")]
-    if not names:
+    """PSNR (dB) against seconds after the first frame, the model and the two baselines on
+    one plot (frame 0, the given frame, is left out)."""
+    names = {"model": "world model", "no_camera": "camera off", "first_frame": "first frame repeated"}
+    series = {label: report[f"curve_{n}"][1:] for n, label in names.items() if report.get(f"curve_{n}")}
+    if not series:
         return
-    length = len(report[f"curve_{names[0]}"])
-    history = [{"seconds": i / FPS, **{f"psnr_{n}": report[f"curve_{n}"][i] for n in names}} for i in range(length)]
-    plot_history(history, [f"psnr_{n}" for n in names], path, x="seconds")
+    length = len(next(iter(series.values())))
+    xs = [(i + 1) / FPS for i in range(length)]
+    plot_curves(xs, series, "PSNR vs the exact reference render (dB)", "seconds after the first frame", path)

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from world_model.checkpoint import write_files_atomically
 
-__all__ = ["plot_history", "save_png", "video_grid"]
+__all__ = ["plot_curves", "plot_history", "save_png", "video_grid"]
 
 PANEL = (480, 260)
 """Width and height of one metric's panel in pixels."""
@@ -31,15 +31,18 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _panel(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str, colour: tuple[int, int, int]) -> Image.Image:
-    W, H = PANEL
+def _panel(xs: Sequence[float], series: dict[str, Sequence[float | None]], title: str, xlabel: str,
+           colours: Sequence[tuple[int, int, int]] = COLOURS, size: tuple[int, int] = PANEL) -> Image.Image:
+    """One plot: every series of ``series`` (name -> ys over ``xs``) on shared axes."""
+    W, H = size
     left, top, right, bottom = MARGIN
-    img = Image.new("RGB", PANEL, "white")
+    img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     d.text((left, 6), title, fill="black")
     x0, x1, y0, y1 = left, W - right, top, H - bottom
     d.rectangle([x0, y0, x1, y1], outline=(120, 120, 120))
-    pts = [(x, y) for x, y in zip(xs, ys) if y is not None and np.isfinite(y)]
+    lines = {name: [(x, y) for x, y in zip(xs, ys) if y is not None and np.isfinite(y)] for name, ys in series.items()}
+    pts = [p for line in lines.values() for p in line]
     if not pts:
         d.text((x0 + 8, y0 + 8), "no data", fill="gray")
         return img
@@ -65,13 +68,22 @@ def _panel(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str, co
         xp, _ = to_px(xv, ymin)
         d.text((xp - 12, y1 + 4), _fmt(xv), fill="black")
     d.text(((x0 + x1) / 2 - 12, H - 14), xlabel, fill="black")
-    line = [to_px(x, y) for x, y in zip(px, py)]
-    if len(line) > 1:
-        d.line(line, fill=colour, width=2)
-    for xp, yp in line:
-        d.ellipse([xp - 2, yp - 2, xp + 2, yp + 2], fill=colour)
-    d.text((x1 - 90, y0 + 4), f"last {_fmt(float(py[-1]))}", fill=colour)
+    for i, (name, line) in enumerate(lines.items()):
+        colour = colours[i % len(colours)]
+        xy = [to_px(x, y) for x, y in line]
+        if len(xy) > 1:
+            d.line(xy, fill=colour, width=2)
+        for xp, yp in xy:
+            d.ellipse([xp - 2, yp - 2, xp + 2, yp + 2], fill=colour)
+        label = f"{name} (last {_fmt(line[-1][1])})" if len(series) > 1 and line else f"last {_fmt(line[-1][1])}" if line else name
+        d.text((x1 - 200 if len(series) > 1 else x1 - 90, y0 + 4 + 12 * i), label, fill=colour)
     return img
+
+
+def plot_curves(xs: Sequence[float], series: dict[str, Sequence[float | None]], title: str, xlabel: str,
+                path: Path) -> None:
+    """Several named curves on one plot (e.g. PSNR against seconds for a model and its baselines)."""
+    save_png(_panel(xs, series, title, xlabel, size=(PANEL[0] + 160, PANEL[1] + 60)), path)
 
 
 def plot_history(history: Sequence[dict[str, float]], keys: Sequence[str], path: Path, x: str = "step") -> None:
@@ -82,7 +94,7 @@ def plot_history(history: Sequence[dict[str, float]], keys: Sequence[str], path:
     out = Image.new("RGB", (PANEL[0], PANEL[1] * len(keys)), "white")
     xs = [h.get(x, i) for i, h in enumerate(history)]
     for i, key in enumerate(keys):
-        panel = _panel(xs, [h.get(key) for h in history], key, x, COLOURS[i % len(COLOURS)])
+        panel = _panel(xs, {key: [h.get(key) for h in history]}, key, x, [COLOURS[i % len(COLOURS)]])
         out.paste(panel, (0, PANEL[1] * i))
     save_png(out, path)
 
