@@ -20,8 +20,8 @@ import numpy as np
 log = logging.getLogger("sanawm_gym")
 
 DEFAULT_ENV = "SanaWM/ReferenceNav-v0"
-DEMO_ENV = "SanaWM/ReferenceNav-v0"
-"""The main job's env (``make demo``)."""
+DEMO_ENV = "SanaWM/Nav-v0"
+"""The main job's env (``make demo``): imagination, on the shipped world model."""
 
 
 def _make_env(env_id: str, **kwargs):

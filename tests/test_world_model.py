@@ -157,3 +157,16 @@ def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypat
     assert "camera off" in out and "first frame" in out and "   0.5s" in out
     for name in ("report.json", "psnr-horizon.png", "rollout.png"):
         assert (tmp_path / "eval" / name).exists()
+
+
+def test_the_shipped_default_checkpoint_loads_and_generates():
+    from world_model.world_model import DEFAULT_WEIGHTS
+
+    size = sum(f.stat().st_size for f in DEFAULT_WEIGHTS.rglob("*") if f.is_file())
+    assert size < 25 * 2**20  # the package's budget for the default checkpoint
+    wm = WorldModel.from_pretrained()
+    assert wm.image_hw == (64, 64) and wm.config == WorldModelConfig.tiny()
+    K = intrinsics_from_fov(90, 64, 64).numpy()
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    video = wm.generate_video(frame, path(5), K, seed=0)
+    assert video.shape == (5, 64, 64, 3) and video.dtype == np.uint8

@@ -24,10 +24,14 @@ from world_model.generation import rollout_latents
 from world_model.model import WorldModelBackbone, camera_inputs
 from world_model.train.plots import plot_curves, save_png, video_grid
 
-__all__ = ["FPS", "evaluate_rollouts", "save_horizon_plot"]
+__all__ = ["FPS", "PSNR_CAP", "evaluate_rollouts", "save_horizon_plot"]
 
 FPS = 16.0
 """Raw frames per second of the reference videos."""
+PSNR_CAP = 20 * float(np.log10(255.0))
+"""48.13 dB: per-frame PSNR is capped at "equal up to one 8-bit level" before averaging, so
+that a frame identical to the reference (the first-frame baseline on a trajectory that
+returns to its start) does not dominate a mean with a near-infinite value."""
 def _uint8(video: Tensor) -> np.ndarray:
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -55,13 +59,13 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
         for name, c in (("model", cam), ("no_camera", None)):
             lat, _ = rollout_latents(backbone, first, c, T, times, g)
             gen = ae.decode(lat).clamp(-1, 1)  # (B, F, 3, H, W)
-            curves[name].append(psnr(gen.flatten(0, 1), video.flatten(0, 1)).view(B, F))
+            curves[name].append(psnr(gen.flatten(0, 1), video.flatten(0, 1)).view(B, F).clamp(max=PSNR_CAP))
             if name == "model" and len(pictures) < 4:
                 every = max(1, F // 8)
                 for b in range(min(B, 2)):
                     pictures += [_uint8(video[b, ::every]), _uint8(gen[b, ::every])]
         rep = video[:, :1].expand_as(video)
-        curves["first_frame"].append(psnr(rep.flatten(0, 1), video.flatten(0, 1)).view(B, F))
+        curves["first_frame"].append(psnr(rep.flatten(0, 1), video.flatten(0, 1)).view(B, F).clamp(max=PSNR_CAP))
     fps = FPS
     report: dict[str, Any] = {}
     for name, parts in curves.items():
