@@ -141,7 +141,7 @@ class NavCore:
         Ks = np.repeat(self.intrinsics[None], len(rows), 0)
         if self.state is None and len(rows) != self.num_envs:
             raise RuntimeError("the first reset must reset every row")
-        decoded, self.state = self.model.reset_rows(self.state, index, np.stack(images), np.stack(poses), Ks)
+        _, self.state = self.model.reset_rows(self.state, index, np.stack(images), np.stack(poses), Ks)
         self.frames[rows] = np.stack(images)[:, None]  # the observation at reset is the true first frame
 
     def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
