@@ -19,7 +19,7 @@ from torch import nn
 from world_model.model.camera import CameraInputs
 from world_model.model.config import WorldModelConfig
 from world_model.model.rope import apply_rope
-from world_model.model.state import GDNBlockState, SoftmaxBlockState, cache_slots
+from world_model.model.state import GDNBlockState, SoftmaxBlockState
 from world_model.ops.dispatch import framewise_gdn, rms_norm, short_conv_frames
 from world_model.ops.framewise_gdn import GDNState
 
@@ -222,7 +222,7 @@ class ChunkSoftmaxAttention(_GatedAttention):
     def forward(self, x: torch.Tensor, chunk_lengths: list[int], rope: RotaryTables, camera: CameraInputs | None,
                 state: SoftmaxBlockState, chunk_index: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """``chunk_index (B,)``: chunks each row has committed before these frames."""
-        H, D, C = self.H, self.D, self.cfg.width
+        H = self.H
         B, T, S, _ = x.shape
         cos, sin = rope.full
         q, k, v = (_heads(t, H) for t in self.qkv(x).float().chunk(3, -1))
