@@ -89,6 +89,23 @@ def test_streaming_equals_full_pass(model):
         torch.testing.assert_close(state.tensors()[name], a, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_a_pass_without_commit_gives_the_same_velocity(model):
+    """Denoising passes (``commit=False``) skip writing the cache; their output is the same."""
+    T = 5  # chunks [1, 2, 2]
+    lat, t, cam, _, _ = make_inputs(SMALL, T)
+    with torch.no_grad():
+        _, state = model(lat[:, :3], t[:, :3], slice_cam(cam, slice(0, 3)))
+        for sl in (slice(3, 5),):
+            v, new = model(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state)
+            v_dropped, none = model(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state, commit=False)
+            assert none is None and new is not None
+            assert torch.equal(v, v_dropped)
+        # several chunks in one pass still write every chunk but the last
+        v_all, _ = model(lat, t, cam)
+        v_all_dropped, _ = model(lat, t, cam, commit=False)
+        assert torch.equal(v_all, v_all_dropped)
+
+
 def test_state_size_is_independent_of_episode_length():
     cfg = dataclasses.replace(SMALL, depth=2, chunk_frames=1)
     torch.manual_seed(0)

@@ -152,7 +152,7 @@ def test_missing_and_unexpected_keys(saved):
             super().__init__(config)
             del self.encoder.out
 
-    with pytest.raises(CheckpointError, match="unexpected keys: encoder.out.bias, encoder.out.weight"):
+    with pytest.raises(CheckpointError, match="unexpected keys: encoder.out.conv.bias, encoder.out.conv.weight"):
         load_pretrained(saved, lambda c: Smaller(AutoencoderConfig.from_json(c)))
 
 
@@ -161,7 +161,7 @@ def test_shape_mismatch(saved):
         return Autoencoder(AutoencoderConfig.from_json({**config, "latent_channels": 6, "latent_mean": None,
                                                         "latent_std": None}))
 
-    with pytest.raises(CheckpointError, match=rf"{saved / WEIGHTS_NAME}: shape mismatch .*decoder.inp.weight: "
+    with pytest.raises(CheckpointError, match=rf"{saved / WEIGHTS_NAME}: shape mismatch .*decoder.inp.conv.weight: "
                                               r"\(8, 4, 3, 3\) in the file, \(8, 6, 3, 3\) in the model"):
         load_pretrained(saved, wider)
 

@@ -13,6 +13,7 @@ pose (the first frame's; all poses are relative to it) and the intrinsics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,21 @@ from world_model.diffusion import commit_chunk, sample_chunk, sampling_times
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig, camera_inputs
 from world_model.model.state import scatter_rows
 
-__all__ = ["DEFAULT_WEIGHTS", "WorldModel", "WorldState"]
+__all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "WorldModel", "WorldState"]
+
+PRECISIONS = ("float32", "bfloat16")
+"""How :class:`WorldModel` computes: ``float32``, or ``bfloat16`` autocast (matmuls and
+convolutions in bfloat16, the GDN recurrence, norms and softmax statistics still in float32;
+the CPU fast path on processors with AMX / AVX-512 bf16)."""
+
+
+def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    """The context for ``precision`` (one of :data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The default checkpoint shipped inside the package."""
@@ -136,10 +151,20 @@ class WorldModel(nn.Module):
                              cfg.frames_per_latent, cfg.pose_scale, reference=reference, starts_video=starts_video)
 
     @torch.no_grad()
-    def init_state(self, first_frames: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, WorldState]:
+    def init_state(self, first_frames: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray,
+                   precision: str = "float32") -> tuple[np.ndarray, WorldState]:
         """Encode ``first_frames`` uint8 ``(B, H, W, 3)`` taken at ``c2w (B, 4, 4)`` with
         ``intrinsics (B, 3, 3)`` into a fresh state. Returns the decoded first frames
-        (uint8 ``(B, H, W, 3)``: what the model "sees") and the state."""
+        (uint8 ``(B, H, W, 3)``: what the model "sees") and the state. ``precision``: one
+        of :data:`PRECISIONS` (use the same for every call on one state)."""
+        with autocast(precision, self._device):
+            return self._init_state(first_frames, c2w, intrinsics)
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def _init_state(self, first_frames: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, WorldState]:
         video = self._check_frames(first_frames)
         B = video.shape[0]
         ref = torch.as_tensor(np.asarray(c2w, dtype=np.float64)).reshape(B, 4, 4)
@@ -151,10 +176,10 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def reset_rows(self, state: WorldState | None, index: torch.Tensor, first_frames: np.ndarray, c2w: np.ndarray,
-                   intrinsics: np.ndarray) -> tuple[np.ndarray, WorldState]:
+                   intrinsics: np.ndarray, precision: str = "float32") -> tuple[np.ndarray, WorldState]:
         """Start rows ``index (k,)`` of a batched state afresh from ``first_frames (k, H, W, 3)``
         (``state=None``: a new state of k rows). Returns the decoded first frames and the state."""
-        decoded, rows = self.init_state(first_frames, c2w, intrinsics)
+        decoded, rows = self.init_state(first_frames, c2w, intrinsics, precision)
         return decoded, rows if state is None else state.scatter_rows(index, rows)
 
     def noise_shape(self, batch: int) -> tuple[int, ...]:
@@ -164,12 +189,18 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def step(self, state: WorldState, c2w_chunk: np.ndarray, generator: torch.Generator | None = None,
-             steps: int | None = None, noise: torch.Tensor | None = None) -> tuple[np.ndarray, WorldState]:
+             steps: int | None = None, noise: torch.Tensor | None = None,
+             precision: str = "float32") -> tuple[np.ndarray, WorldState]:
         """Generate the next latent frame for the K raw-frame poses ``c2w_chunk (B, K, 4, 4)``
         and decode it: uint8 frames ``(B, K, H, W, 3)`` and the new state (the input state is
         not modified). ``steps``: sampler steps (default: the checkpoint's). ``noise``
         ``(B, 1, C, h, w)`` replaces the draw from ``generator`` (a batched env draws each
-        row's noise from that row's own generator)."""
+        row's noise from that row's own generator). ``precision``: one of :data:`PRECISIONS`."""
+        with autocast(precision, self._device):
+            return self._step(state, c2w_chunk, generator, steps, noise)
+
+    def _step(self, state: WorldState, c2w_chunk: np.ndarray, generator: torch.Generator | None,
+              steps: int | None, noise: torch.Tensor | None) -> tuple[np.ndarray, WorldState]:
         cfg = self.config
         c2w = torch.as_tensor(np.asarray(c2w_chunk, dtype=np.float64))
         B = state.reference.shape[0]
@@ -187,9 +218,10 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def generate_video(self, first_frame: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, steps: int | None = None,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, precision: str = "float32") -> np.ndarray:
         """A video along ``c2w (F, 4, 4)`` (F = 1 + K n) from ``first_frame`` uint8 (H, W, 3):
-        uint8 ``(F, H, W, 3)``, streamed chunk by chunk with the bounded state."""
+        uint8 ``(F, H, W, 3)``, streamed chunk by chunk with the bounded state. ``precision``:
+        one of :data:`PRECISIONS`."""
         c2w = np.asarray(c2w, dtype=np.float64)
         k = self.config.frames_per_latent
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or (c2w.shape[0] - 1) % k:
@@ -201,9 +233,9 @@ class WorldModel(nn.Module):
         if K.ndim == 3 and not np.allclose(K, K0):
             raise ValueError("intrinsics that change along the video are not supported: pass one (3, 3) matrix")
         g = torch.Generator().manual_seed(seed)
-        first, state = self.init_state(np.asarray(first_frame)[None], c2w[None, 0], K0[None])
+        first, state = self.init_state(np.asarray(first_frame)[None], c2w[None, 0], K0[None], precision)
         frames = [first[:, None]]
         for i in range(1, c2w.shape[0], k):
-            out, state = self.step(state, c2w[None, i : i + k], g, steps)
+            out, state = self.step(state, c2w[None, i : i + k], g, steps, precision=precision)
             frames.append(out)
         return np.concatenate(frames, 1)[0]

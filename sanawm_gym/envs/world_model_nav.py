@@ -82,11 +82,17 @@ class NavCore:
 
     def __init__(self, num_envs: int, model=None, action_mode: str = "6dof", obs_mode: str = "frame",
                  fov_deg: float = 90.0, scene_config: SceneConfig | None = None, motion: MotionConfig | None = None,
-                 task: PointGoalConfig | None = None, reference_frames: bool = False, timing_info: bool = False):
+                 task: PointGoalConfig | None = None, reference_frames: bool = False, timing_info: bool = False,
+                 precision: str = "float32"):
+        from world_model.world_model import PRECISIONS
+
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.model = load_world_model(model)
         self.num_envs, self.action_mode, self.obs_mode = num_envs, action_mode, obs_mode
         self.motion = motion or MotionConfig()
@@ -141,7 +147,7 @@ class NavCore:
         Ks = np.repeat(self.intrinsics[None], len(rows), 0)
         if self.state is None and len(rows) != self.num_envs:
             raise RuntimeError("the first reset must reset every row")
-        _, self.state = self.model.reset_rows(self.state, index, np.stack(images), np.stack(poses), Ks)
+        _, self.state = self.model.reset_rows(self.state, index, np.stack(images), np.stack(poses), Ks, self.precision)
         self.frames[rows] = np.stack(images)[:, None]  # the observation at reset is the true first frame
 
     def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,7 +194,7 @@ class NavCore:
         noise = torch.cat([torch.randn(self.model.noise_shape(1), generator=g) if a else torch.zeros(self.model.noise_shape(1))
                            for g, a in zip(self.torch_gens, active)])
         t0 = time.perf_counter()
-        frames, self.state = self.model.step(self.state, chunk, noise=noise)
+        frames, self.state = self.model.step(self.state, chunk, noise=noise, precision=self.precision)
         seconds = time.perf_counter() - t0
         self.last_generation_time_s = seconds
         prev = self.distance.copy()
@@ -325,8 +331,10 @@ class WorldModelNavEnv(gym.Env):
     ## Arguments
     ``gym.make("SanaWM/Nav-v0", model=None, action_mode="6dof", obs_mode="frame",
     reference_frames=False, timing_info=False, render_mode=None, fov_deg=90.0,
-    scene_config=None, motion=None, task=None)``; ``model`` is a ``WorldModel``, a
-    checkpoint folder, or None for the shipped one. ``reference_frames=True`` adds
+    scene_config=None, motion=None, task=None, precision="float32")``; ``model`` is a
+    ``WorldModel``, a checkpoint folder, or None for the shipped one. ``precision="bfloat16"``
+    generates under bfloat16 autocast (faster on CPUs with AMX, frames differ slightly
+    from float32; still deterministic under a seed). ``reference_frames=True`` adds
     ``info["reference_rgb"]``, the exact render of the same pose (scene starts only).
     ``timing_info=True`` adds ``info["generation_time_s"]``, the seconds spent generating
     the step (off by default because a wall-clock time makes infos differ between two
@@ -346,12 +354,12 @@ class WorldModelNavEnv(gym.Env):
     def __init__(self, model=None, action_mode: str = "6dof", obs_mode: str = "frame", reference_frames: bool = False,
                  timing_info: bool = False, render_mode: str | None = None, fov_deg: float = 90.0,
                  scene_config: SceneConfig | None = None, motion: MotionConfig | None = None,
-                 task: PointGoalConfig | None = None):
+                 task: PointGoalConfig | None = None, precision: str = "float32"):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
         self.core = NavCore(1, model, action_mode, obs_mode, fov_deg, scene_config, motion, task, reference_frames,
-                            timing_info)
+                            timing_info, precision)
         self.action_space = self.core.action_space
         self.observation_space = self.core.observation_space
 
@@ -409,14 +417,15 @@ class WorldModelNavVectorEnv(gym.vector.VectorEnv):
                  reference_frames: bool = False, timing_info: bool = False, render_mode: str | None = None,
                  fov_deg: float = 90.0, scene_config: SceneConfig | None = None, motion: MotionConfig | None = None,
                  task: PointGoalConfig | None = None, max_episode_steps: int | None = None,
-                 autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP):
+                 autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
+                 precision: str = "float32"):
         modes = (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP)
         autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
         if autoreset_mode not in modes:
             raise ValueError(f"autoreset_mode must be one of {[m.value for m in modes]}, got {autoreset_mode.value!r}")
         self.metadata = {**self.metadata, "autoreset_mode": autoreset_mode}
         self.core = NavCore(num_envs, model, action_mode, obs_mode, fov_deg, scene_config, motion, task, reference_frames,
-                            timing_info)
+                            timing_info, precision)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps

@@ -30,12 +30,20 @@ class AutoencoderConfig:
     """Pixel (un)shuffle factor at the input and output; the spatial stride is 4x this."""
     frame_widths: tuple[int, int] = (32, 64)
     """Channels of the two per-frame levels (at ``H / p`` and ``H / 2p``)."""
-    latent_widths: tuple[int, int] = (128, 192)
+    latent_widths: tuple[int, int] = (128, 256)
     """Channels of the two latent-rate levels (at ``H / 2p`` and ``H / 4p``)."""
     encoder_blocks: tuple[int, int, int, int] = (1, 1, 1, 1)
     """Residual blocks of the encoder per level, finest first (levels 3 and 4 are causal)."""
     decoder_blocks: tuple[int, int, int, int] = (1, 2, 1, 2)
     """Residual blocks of the decoder per level, finest first (levels 3 and 4 are causal)."""
+    shortcuts: bool = True
+    """Non-parametric residual shortcuts around every change of shape, as in DC-AE (Chen et
+    al. 2024, "Deep Compression Autoencoder"): space-to-channel then channel averaging
+    around the encoder's down-sampling, group merge and output; channel repetition then
+    channel-to-space around the decoder's input, group split and up-sampling. They carry
+    the signal past the resampling convs so that the convs learn a residual; applied only
+    where the channel counts divide (see :func:`world_model.autoencoder.model.shortcut`).
+    Our choice: SANA-WM's LTX autoencoder is not described beyond its strides and channels."""
     latent_mean: tuple[float, ...] | None = None
     """Per-channel mean of the raw latents over the training data (set after training);
     ``encode`` subtracts it. None: zeros."""

@@ -82,19 +82,45 @@ class CausalResBlock(nn.Module):
         return x + h, x[:, -1]
 
 
-def _down(c_in: int, c_out: int) -> nn.Module:
-    return nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+def shortcut(x: Tensor, channels: int, scale: int = 1) -> Tensor | None:
+    """The non-parametric DC-AE shortcut of ``x (N, C, h, w)`` to ``(N, channels, h s', w s')``.
+
+    ``scale = 1``: no resampling. ``scale = 2``: space-to-channel (``h / 2``, ``4 C``
+    channels). ``scale = -2``: channel-to-space (``2 h``, ``C / 4`` channels, after the
+    repetition). Channels then go from ``C'`` to ``channels`` by averaging groups of
+    ``C' / channels`` adjacent channels, or by repeating each ``channels / C'`` times.
+    Returns None where the counts do not divide (the layer then has no shortcut).
+    """
+    c = x.shape[1] * (4 if scale == 2 else 1)
+    if scale == 2:
+        x = F.pixel_unshuffle(x, 2)  # (N, 4C, h/2, w/2)
+    if scale == -2:  # repeat up to 4 * channels, then channel-to-space
+        if (4 * channels) % c:
+            return None
+        return F.pixel_shuffle(x.repeat_interleave(4 * channels // c, dim=1), 2)  # (N, channels, 2h, 2w)
+    if c % channels == 0:
+        return x.unflatten(1, (channels, c // channels)).mean(dim=2)  # (N, channels, h', w')
+    if channels % c == 0:
+        return x.repeat_interleave(channels // c, dim=1)
+    return None
 
 
-class _Up(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv."""
+class _Resample(nn.Module):
+    """A conv that changes the shape (``scale`` as in :func:`shortcut`: 1 keeps it, 2 halves
+    the resolution with a stride-2 conv, -2 doubles it with nearest-neighbour x2 then a
+    3x3 conv), plus the :func:`shortcut` when ``residual`` (and the counts divide)."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, scale: int, kernel: int = 3, residual: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.c_out, self.scale = c_out, scale
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=2 if scale == 2 else 1, padding=kernel // 2)
+        self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (N, C', 2h, 2w)
+        inp = F.interpolate(x, scale_factor=2.0, mode="nearest") if self.scale == -2 else x
+        y = self.conv(inp)  # (N, c_out, h', w')
+        skip = shortcut(x, self.c_out, self.scale) if self.residual else None
+        return y if skip is None else y + skip
 
 
 # ---------------------------------------------------------------------------- state
@@ -131,13 +157,14 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.stem = nn.Conv2d(cfg.in_channels * cfg.patch_size**2, c1, 3, padding=1)
         self.level1 = nn.Sequential(*(ResBlock(c1) for _ in range(b1)))
-        self.down1 = _down(c1, c2)
+        r = cfg.shortcuts
+        self.down1 = _Resample(c1, c2, 2, residual=r)
         self.level2 = nn.Sequential(*(ResBlock(c2) for _ in range(b2)))
-        self.merge = nn.Conv2d(cfg.temporal_stride * c2, c3, 1)
+        self.merge = _Resample(cfg.temporal_stride * c2, c3, 1, kernel=1, residual=r)
         self.level3 = nn.ModuleList(CausalResBlock(c3) for _ in range(b3))
-        self.down2 = _down(c3, c4)
+        self.down2 = _Resample(c3, c4, 2, residual=r)
         self.level4 = nn.ModuleList(CausalResBlock(c4) for _ in range(b4))
-        self.out = nn.Conv2d(c4, cfg.latent_channels, 3, padding=1)
+        self.out = _Resample(c4, cfg.latent_channels, 1, residual=r)
 
     @property
     def causal_blocks(self) -> int:
@@ -166,7 +193,10 @@ class Encoder(nn.Module):
         for block in self.level4:
             x, last = block(x, previous[len(new)])
             new.append(last)
-        z = self.out(F.silu(x.flatten(0, 1))).unflatten(0, (B, T))  # (B, T, L, H/s, W/s)
+        x = x.flatten(0, 1)
+        z = self.out.conv(F.silu(x))  # (B*T, L, H/s, W/s)
+        skip = shortcut(x, z.shape[1]) if self.out.residual else None
+        z = (z if skip is None else z + skip).unflatten(0, (B, T))  # (B, T, L, H/s, W/s)
         done = 0 if cache is None else cache.latent_frames
         return z, StreamCache(tuple(new), done + T)
 
@@ -180,13 +210,14 @@ class Decoder(nn.Module):
         c3, c4 = cfg.latent_widths
         b1, b2, b3, b4 = cfg.decoder_blocks
         self.cfg = cfg
-        self.inp = nn.Conv2d(cfg.latent_channels, c4, 3, padding=1)
+        r = cfg.shortcuts
+        self.inp = _Resample(cfg.latent_channels, c4, 1, residual=r)
         self.level4 = nn.ModuleList(CausalResBlock(c4) for _ in range(b4))
-        self.up2 = _Up(c4, c3)
+        self.up2 = _Resample(c4, c3, -2, residual=r)
         self.level3 = nn.ModuleList(CausalResBlock(c3) for _ in range(b3))
-        self.split = nn.Conv2d(c3, cfg.temporal_stride * c2, 1)
+        self.split = _Resample(c3, cfg.temporal_stride * c2, 1, kernel=1, residual=r)
         self.level2 = nn.Sequential(*(ResBlock(c2) for _ in range(b2)))
-        self.up1 = _Up(c2, c1)
+        self.up1 = _Resample(c2, c1, -2, residual=r)
         self.level1 = nn.Sequential(*(ResBlock(c1) for _ in range(b1)))
         self.out = nn.Conv2d(c1, cfg.in_channels * cfg.patch_size**2, 3, padding=1)
 
@@ -209,7 +240,10 @@ class Decoder(nn.Module):
         for block in self.level3:
             x, last = block(x, previous[len(new)])
             new.append(last)
-        x = self.split(F.silu(x.flatten(0, 1)))  # (B*T, K c2, 2h, 2w)
+        x = x.flatten(0, 1)
+        y = self.split.conv(F.silu(x))  # (B*T, K c2, 2h, 2w)
+        skip = shortcut(x, y.shape[1]) if self.split.residual else None
+        x = y if skip is None else y + skip
         x = x.reshape(B, T * K, x.shape[1] // K, *x.shape[2:])  # (B, T K, c2, 2h, 2w): one group -> K frames
         if cache is None:  # latent frame 0 holds the first frame alone: keep the last of its K
             x = x[:, K - 1:]  # (B, 1 + K (T-1), c2, 2h, 2w)

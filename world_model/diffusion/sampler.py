@@ -36,6 +36,6 @@ def sample_chunk(model, noise: torch.Tensor, camera, state: StreamState, times: 
     x = noise
     B, n = noise.shape[:2]
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
-        v, _ = model(x, torch.full((B, n), t, device=x.device), camera, [n], state)
+        v, _ = model(x, torch.full((B, n), t, device=x.device), camera, [n], state, commit=False)
         x = x + (t_next - t) * v
     return x, commit_chunk(model, x, camera, state)

@@ -68,13 +68,16 @@ class WorldModelBackbone(nn.Module):
         camera: CameraInputs | None,
         chunk_lengths: list[int] | None = None,
         state: StreamState | None = None,
-    ) -> tuple[torch.Tensor, StreamState]:
+        commit: bool = True,
+    ) -> tuple[torch.Tensor, StreamState | None]:
         """Velocity for ``latents (B, T, C_lat, h, w)`` and the state after these frames.
 
         ``chunk_lengths`` cut the T frames into chunks (default: the config's schedule,
         continuing from ``state``); ``state`` holds everything before (default: empty).
         The returned state is what a caller carries to the next chunk after a clean
-        "commit" pass; after a denoising pass it is simply dropped.
+        "commit" pass; after a denoising pass it is simply dropped, and ``commit=False``
+        says so: the state is then not assembled (None is returned in its place), which
+        spares the softmax blocks a copy of their caches.
         """
         cfg = self.cfg
         B, T, Cl, h, w = latents.shape
@@ -102,10 +105,11 @@ class WorldModelBackbone(nn.Module):
         rope = self._rope(T, state.frame_index)
         blocks = []
         for block, block_state in zip(self.blocks, state.blocks):
-            x, new = block(x, t_mod, chunk_lengths, rope, camera, block_state, state.chunk_index)
+            x, new = block(x, t_mod, chunk_lengths, rope, camera, block_state, state.chunk_index, commit)
             blocks.append(new)
         shift, scale = (self.final_table[None, None] + t_emb[:, :, None]).unbind(2)  # (B, T, C) each
         x = F.layer_norm(x, (cfg.width,), eps=cfg.norm_eps) * (1 + scale[:, :, None]) + shift[:, :, None]
         v = self.final(x).reshape(B, T, h, w, Cl).permute(0, 1, 4, 2, 3)  # (B, T, C_lat, h, w)
-        new_state = StreamState(blocks, state.frame_index + T, state.chunk_index + len(chunk_lengths))
-        return v, new_state
+        if not commit:
+            return v, None
+        return v, StreamState(blocks, state.frame_index + T, state.chunk_index + len(chunk_lengths))

@@ -220,8 +220,11 @@ class ChunkSoftmaxAttention(_GatedAttention):
         return slots, write, evict
 
     def forward(self, x: torch.Tensor, chunk_lengths: list[int], rope: RotaryTables, camera: CameraInputs | None,
-                state: SoftmaxBlockState, chunk_index: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """``chunk_index (B,)``: chunks each row has committed before these frames."""
+                state: SoftmaxBlockState, chunk_index: torch.Tensor, commit: bool = True) -> tuple[torch.Tensor, dict]:
+        """``chunk_index (B,)``: chunks each row has committed before these frames.
+        ``commit=False`` (a denoising pass whose state is dropped): the last chunk's keys
+        are not written into the cache, which saves copying it; the returned cache is then
+        not the state after these frames."""
         H = self.H
         B, T, S, _ = x.shape
         cos, sin = rope.full
@@ -248,7 +251,9 @@ class ChunkSoftmaxAttention(_GatedAttention):
             seen = torch.cat([valid, valid.new_ones(B, n)], 1).repeat_interleave(S, 1)  # (B, (L+n)*S)
             o = F.scaled_dot_product_attention(qi, keys, vals, attn_mask=seen[:, None, None])  # (B, heads, n*S, D)
             outs.append(o.transpose(1, 2).unflatten(1, (n, S)))  # (B, n, S, heads, D)
-            if self.cfg.softmax_window_chunks < 0:  # unbounded: append every chunk
+            if not commit and i == len(chunk_lengths) - 1:
+                pass  # nothing after this chunk reads the cache
+            elif self.cfg.softmax_window_chunks < 0:  # unbounded: append every chunk
                 cache_k, cache_v = torch.cat([cache_k, k[:, sl]], 1), torch.cat([cache_v, v[:, sl]], 1)
                 valid = torch.cat([valid, valid.new_ones(B, n)], 1)
             else:  # out of place, so that training can backpropagate through it
@@ -313,13 +318,13 @@ class Block(nn.Module):
             nn.init.zeros_(self.plucker.weight)
             nn.init.zeros_(self.plucker.bias)
 
-    def forward(self, x, t_mod, chunk_lengths, rope, camera, state, chunk_index):
+    def forward(self, x, t_mod, chunk_lengths, rope, camera, state, chunk_index, commit=True):
         eps = self.cfg.norm_eps
         mod = (t_mod + self.table)[:, :, None]  # (B, T, 1, 6, C)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(3)
         h = F.layer_norm(x, (x.shape[-1],), eps=eps) * (1 + scale1) + shift1
         if self.softmax:
-            a, attn_state = self.attn(h, chunk_lengths, rope, camera, state, chunk_index)
+            a, attn_state = self.attn(h, chunk_lengths, rope, camera, state, chunk_index, commit)
         else:
             a, attn_state = self.attn(h, chunk_lengths, rope, camera, state)
         x = x + gate1 * a
