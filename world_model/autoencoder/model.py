@@ -108,18 +108,20 @@ def shortcut(x: Tensor, channels: int, scale: int = 1) -> Tensor | None:
 class _Resample(nn.Module):
     """A conv that changes the shape (``scale`` as in :func:`shortcut`: 1 keeps it, 2 halves
     the resolution with a stride-2 conv, -2 doubles it with nearest-neighbour x2 then a
-    3x3 conv), plus the :func:`shortcut` when ``residual`` (and the counts divide)."""
+    3x3 conv), plus the :func:`shortcut` of its input when ``residual`` (and the counts
+    divide). ``pre_activation``: the conv sees ``silu(x)``, the shortcut still ``x``."""
 
-    def __init__(self, c_in: int, c_out: int, scale: int, kernel: int = 3, residual: bool = True) -> None:
+    def __init__(self, c_in: int, c_out: int, scale: int, kernel: int = 3, residual: bool = True,
+                 pre_activation: bool = False) -> None:
         super().__init__()
-        self.c_out, self.scale = c_out, scale
+        self.scale, self.residual, self.pre_activation = scale, residual, pre_activation
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride=2 if scale == 2 else 1, padding=kernel // 2)
-        self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:
-        inp = F.interpolate(x, scale_factor=2.0, mode="nearest") if self.scale == -2 else x
+        inp = F.silu(x) if self.pre_activation else x
+        inp = F.interpolate(inp, scale_factor=2.0, mode="nearest") if self.scale == -2 else inp
         y = self.conv(inp)  # (N, c_out, h', w')
-        skip = shortcut(x, self.c_out, self.scale) if self.residual else None
+        skip = shortcut(x, self.conv.out_channels, self.scale) if self.residual else None
         return y if skip is None else y + skip
 
 
@@ -164,7 +166,7 @@ class Encoder(nn.Module):
         self.level3 = nn.ModuleList(CausalResBlock(c3) for _ in range(b3))
         self.down2 = _Resample(c3, c4, 2, residual=r)
         self.level4 = nn.ModuleList(CausalResBlock(c4) for _ in range(b4))
-        self.out = _Resample(c4, cfg.latent_channels, 1, residual=r)
+        self.out = _Resample(c4, cfg.latent_channels, 1, residual=r, pre_activation=True)
 
     @property
     def causal_blocks(self) -> int:
@@ -193,10 +195,7 @@ class Encoder(nn.Module):
         for block in self.level4:
             x, last = block(x, previous[len(new)])
             new.append(last)
-        x = x.flatten(0, 1)
-        z = self.out.conv(F.silu(x))  # (B*T, L, H/s, W/s)
-        skip = shortcut(x, z.shape[1]) if self.out.residual else None
-        z = (z if skip is None else z + skip).unflatten(0, (B, T))  # (B, T, L, H/s, W/s)
+        z = self.out(x.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, L, H/s, W/s)
         done = 0 if cache is None else cache.latent_frames
         return z, StreamCache(tuple(new), done + T)
 
@@ -215,7 +214,7 @@ class Decoder(nn.Module):
         self.level4 = nn.ModuleList(CausalResBlock(c4) for _ in range(b4))
         self.up2 = _Resample(c4, c3, -2, residual=r)
         self.level3 = nn.ModuleList(CausalResBlock(c3) for _ in range(b3))
-        self.split = _Resample(c3, cfg.temporal_stride * c2, 1, kernel=1, residual=r)
+        self.split = _Resample(c3, cfg.temporal_stride * c2, 1, kernel=1, residual=r, pre_activation=True)
         self.level2 = nn.Sequential(*(ResBlock(c2) for _ in range(b2)))
         self.up1 = _Resample(c2, c1, -2, residual=r)
         self.level1 = nn.Sequential(*(ResBlock(c1) for _ in range(b1)))
@@ -240,10 +239,7 @@ class Decoder(nn.Module):
         for block in self.level3:
             x, last = block(x, previous[len(new)])
             new.append(last)
-        x = x.flatten(0, 1)
-        y = self.split.conv(F.silu(x))  # (B*T, K c2, 2h, 2w)
-        skip = shortcut(x, y.shape[1]) if self.split.residual else None
-        x = y if skip is None else y + skip
+        x = self.split(x.flatten(0, 1))  # (B*T, K c2, 2h, 2w)
         x = x.reshape(B, T * K, x.shape[1] // K, *x.shape[2:])  # (B, T K, c2, 2h, 2w): one group -> K frames
         if cache is None:  # latent frame 0 holds the first frame alone: keep the last of its K
             x = x[:, K - 1:]  # (B, 1 + K (T-1), c2, 2h, 2w)
