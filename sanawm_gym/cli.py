@@ -189,28 +189,29 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
     from sanawm_gym.envs.world_model_nav import load_world_model
 
     model = load_world_model(args.model or None)
+    modes = [(p, c == "on") for c in args.compile for p in args.precision]
     print(f"SanaWM/Nav-v0 native vector env, {model.sample_steps} sampler steps + 1 commit pass per step, "
-          f"{model.config.frames_per_latent} frames per step, {torch.get_num_threads()} threads")
-    print(f"{'envs':>5} {'precision':>9} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x fp32':>7}")
-    base: dict[str, float] = {}
+          f"{model.config.frames_per_latent} frames per step, {torch.get_num_threads()} threads; "
+          f"x N=1 compares within one mode, x base with the first mode at the same N")
+    print(f"{'envs':>5} {'precision':>9} {'compile':>7} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x base':>7}")
+    first_n: dict[tuple, float] = {}
     for n in args.num_envs:
-        fp32 = None
-        for precision in args.precision:
+        base = None
+        for precision, compiled in modes:
             venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
-                                precision=precision)
+                                precision=precision, compile=compiled)
             venv.reset(seed=args.seed)
             actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
-            venv.step(actions[0])  # warm-up
+            venv.step(actions[0])  # warm-up (and, compiled, the build)
             t0 = time.perf_counter()
             for a in actions[1:]:
                 venv.step(a)
             dt = time.perf_counter() - t0
             frames = n * args.env_steps * model.config.frames_per_latent / dt
-            base.setdefault(precision, frames)
-            fp32 = fp32 or (frames if precision == "float32" else None)
-            vs_fp32 = f"{frames / fp32:>6.2f}x" if fp32 else f"{'-':>7}"
-            print(f"{n:>5} {precision:>9} {n * args.env_steps / dt:>9.1f} {frames:>9.1f} "
-                  f"{frames / base[precision]:>6.1f}x {vs_fp32}")
+            first_n.setdefault((precision, compiled), frames)
+            base = base or frames
+            print(f"{n:>5} {precision:>9} {'on' if compiled else 'off':>7} {n * args.env_steps / dt:>9.1f} {frames:>9.1f} "
+                  f"{frames / first_n[precision, compiled]:>6.1f}x {frames / base:>6.2f}x", flush=True)
             venv.close()
     return 0
 
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="", help="`bench env`: world-model checkpoint (default: the shipped one)")
     b.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
                    help="`bench env`: precisions to measure side by side (x N=1 is within one precision)")
+    b.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
+                   help="`bench env`: eager (off) and/or torch.compile'd (on) model passes, side by side; "
+                        "`on` builds the compiled passes once per batch size and precision (untimed)")
     b.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     b.add_argument("--batch", type=int, default=64, help="cameras per render call")
     b.add_argument("--repeats", type=int, default=5)

@@ -243,3 +243,49 @@ def test_training_state_errors(tmp_path):
     (tmp_path / "s.safetensors").unlink()
     with pytest.raises(CheckpointError, match=f"{tmp_path / 's.safetensors'}: missing"):
         load_training_state(path)
+
+
+def test_optimizer_state_follows_parameter_names_when_modules_register_in_another_order():
+    """A module refactor that only changes the order parameters are registered in must not
+    scramble a resumed optimizer: state saved with names is matched by name."""
+
+    class Net(nn.Module):
+        def __init__(self, swap: bool):
+            super().__init__()
+            names = ("big", "small") if not swap else ("small", "big")
+            for name in names:
+                setattr(self, name, nn.Linear(8, 8) if name == "big" else nn.Linear(8, 2))
+
+        def forward(self, x):
+            return self.small(self.big(x))
+
+    torch.manual_seed(0)
+    a = Net(swap=False)
+    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2)
+    a(torch.randn(4, 8)).square().mean().backward()
+    opt_a.step()
+    names_a = [n for n, _ in a.named_parameters()]
+    tensors, data = optimizer_state_to_flat(opt_a.state_dict(), param_names=names_a)
+    tensors = {k: v.clone() for k, v in tensors.items()}  # as if read back from a file, not opt_a's live state
+
+    b = Net(swap=True)
+    b.load_state_dict(a.state_dict())
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2)
+    opt_b.load_state_dict(optimizer_state_from_flat(tensors, data, params=list(b.named_parameters())))
+    pid_b = {n: i for i, (n, _) in enumerate(b.named_parameters())}
+    for pid, name in enumerate(names_a):
+        assert torch.equal(opt_a.state_dict()["state"][pid]["exp_avg"], opt_b.state_dict()["state"][pid_b[name]]["exp_avg"])
+    x = torch.randn(4, 8)
+    opt_a.zero_grad()
+    for m, o in ((a, opt_a), (b, opt_b)):
+        m(x).square().mean().backward()
+        o.step()
+    assert all(torch.equal(p, dict(b.named_parameters())[n]) for n, p in a.named_parameters())
+
+    # Saved without names (an older checkpoint) into the other order: a clear error, not a
+    # shape error inside the first optimizer step.
+    tensors, data = optimizer_state_to_flat(opt_a.state_dict())
+    with pytest.raises(ValueError, match=r"optimizer state 'exp_avg' of parameter small.weight has shape \(8, 8\)"):
+        optimizer_state_from_flat(tensors, data, params=list(b.named_parameters()))
+    with pytest.raises(ValueError, match="optimizer state is for other parameters"):
+        optimizer_state_from_flat(tensors, {**data, "param_names": ["x"] * 4}, params=list(b.named_parameters()))

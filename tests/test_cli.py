@@ -52,5 +52,10 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
     WorldModel(ae, backbone, sample_steps=1).save_pretrained(tmp_path / "wm")
     stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "2", "--env-steps", "2")
     rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[:2] for r in rows] == [["1", "float32"], ["1", "bfloat16"], ["2", "float32"], ["2", "bfloat16"]]
+    assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "bfloat16", "off"], ["2", "float32", "off"],
+                                     ["2", "bfloat16", "off"]]
     assert rows[0][-2:] == ["1.0x", "1.00x"] and rows[1][-2] == "1.0x" and float(rows[1][-1][:-1]) > 0
+    stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "--env-steps", "2",
+                     "--precision", "float32", "--compile", "off", "on")
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "float32", "on"]] and float(rows[1][-1][:-1]) > 0

@@ -66,7 +66,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.x0 = x0
 
-    def forward(self, x, t, camera, chunk_lengths, state=None, commit=True):
+    def forward(self, x, t, camera, chunk_lengths, state=None, commit=True, compiled=False):
         tb = t[:, :, None, None, None].clamp_min(1e-6)
         return (x - self.x0) / tb, state
 

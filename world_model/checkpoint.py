@@ -273,9 +273,12 @@ def load_training_state(json_path: str | os.PathLike) -> tuple[dict[str, torch.T
     return tensors, meta["data"]
 
 
-def optimizer_state_to_flat(state_dict: dict[str, Any], prefix: str = "optim.") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_state_to_flat(state_dict: dict[str, Any], prefix: str = "optim.",
+                            param_names: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """An optimizer ``state_dict`` -> ``(tensors, json_data)``: per-parameter tensors become
-    ``<prefix><param id>.<name>``, other per-parameter values and ``param_groups`` go to JSON."""
+    ``<prefix><param id>.<name>``, other per-parameter values and ``param_groups`` go to JSON.
+    ``param_names``: the parameter name of each id, stored so that a later load can match
+    the state to parameters by name (see :func:`optimizer_state_from_flat`)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entries in state_dict["state"].items():
@@ -285,12 +288,21 @@ def optimizer_state_to_flat(state_dict: dict[str, Any], prefix: str = "optim.") 
             else:
                 scalars.setdefault(str(pid), {})[key] = value
     groups = json.loads(json.dumps(state_dict["param_groups"]))  # betas tuples become lists
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    data = {"param_groups": groups, "scalars": scalars}
+    if param_names is not None:
+        data["param_names"] = list(param_names)
+    return tensors, data
 
 
-def optimizer_state_from_flat(tensors: Mapping[str, torch.Tensor], data: dict[str, Any],
-                              prefix: str = "optim.") -> dict[str, Any]:
-    """Inverse of :func:`optimizer_state_to_flat` (give the result to ``load_state_dict``)."""
+def optimizer_state_from_flat(tensors: Mapping[str, torch.Tensor], data: dict[str, Any], prefix: str = "optim.",
+                              params: list[tuple[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """Inverse of :func:`optimizer_state_to_flat` (give the result to ``load_state_dict``).
+
+    ``params``: the ``(name, parameter)`` of each id of the optimizer that will load it. With
+    it, state saved with ``param_names`` is matched by name (so that a change in the order
+    modules register their parameters does not scramble it), and every tensor of the state
+    is checked against its parameter's shape: a mismatch raises ``ValueError`` naming the
+    parameter, here, rather than a shape error inside the first optimizer step."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix):
@@ -304,7 +316,31 @@ def optimizer_state_from_flat(tensors: Mapping[str, torch.Tensor], data: dict[st
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
         groups.append(group)
+    if params is not None:
+        state, groups = _match_optimizer_state(state, groups, data.get("param_names"), params)
     return {"state": state, "param_groups": groups}
+
+
+def _match_optimizer_state(state: dict[int, dict[str, Any]], groups: list[dict], saved_names: list[str] | None,
+                           params: list[tuple[str, torch.Tensor]]) -> tuple[dict, list[dict]]:
+    names = [n for n, _ in params]
+    if saved_names is not None and saved_names != names:
+        if sorted(saved_names) != sorted(names):
+            missing, extra = sorted(set(names) - set(saved_names)), sorted(set(saved_names) - set(names))
+            raise ValueError(f"optimizer state is for other parameters (missing {missing[:5]}, unexpected {extra[:5]})")
+        where = {n: i for i, n in enumerate(names)}
+        state = {where[saved_names[pid]]: entries for pid, entries in state.items()}
+        saved_group = {where[saved_names[pid]]: g for g, group in enumerate(groups) for pid in group["params"]}
+        groups = [dict(group, params=sorted(i for i, g in saved_group.items() if g == k)) for k, group in enumerate(groups)]
+    for pid, entries in state.items():
+        if not 0 <= pid < len(params):
+            raise ValueError(f"optimizer state has an entry for parameter id {pid}; the model has {len(params)}")
+        name, p = params[pid]
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                raise ValueError(f"optimizer state {key!r} of parameter {name} has shape {tuple(value.shape)}, the "
+                                 f"parameter {tuple(p.shape)} (state saved for another parameter order or model)")
+    return state, groups
 
 
 # ------------------------------------------------------------------------------ run configs

@@ -21,21 +21,24 @@ __all__ = ["sample_chunk", "commit_chunk"]
 
 
 @torch.no_grad()
-def commit_chunk(model, latents: torch.Tensor, camera, state: StreamState | None) -> StreamState:
-    """Write clean ``latents (B, n, C, h, w)`` into the state: one pass at ``t = 0``."""
+def commit_chunk(model, latents: torch.Tensor, camera, state: StreamState | None, compiled: bool = False) -> StreamState:
+    """Write clean ``latents (B, n, C, h, w)`` into the state: one pass at ``t = 0``
+    (``compiled``: see the backbone's ``forward``)."""
     B, n = latents.shape[:2]
     t = torch.zeros(B, n, device=latents.device)
-    _, new_state = model(latents, t, camera, [n], state)
+    _, new_state = model(latents, t, camera, [n], state, compiled=compiled)
     return new_state
 
 
 @torch.no_grad()
-def sample_chunk(model, noise: torch.Tensor, camera, state: StreamState, times: torch.Tensor) -> tuple[torch.Tensor, StreamState]:
+def sample_chunk(model, noise: torch.Tensor, camera, state: StreamState, times: torch.Tensor,
+                 compiled: bool = False) -> tuple[torch.Tensor, StreamState]:
     """Sample a chunk from ``noise (B, n, C, h, w)`` along decreasing ``times`` (1 -> 0) and
-    commit it; returns the clean latents and the new state."""
+    commit it; returns the clean latents and the new state (``compiled``: see the
+    backbone's ``forward``)."""
     x = noise
     B, n = noise.shape[:2]
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
-        v, _ = model(x, torch.full((B, n), t, device=x.device), camera, [n], state, commit=False)
+        v, _ = model(x, torch.full((B, n), t, device=x.device), camera, [n], state, commit=False, compiled=compiled)
         x = x + (t_next - t) * v
-    return x, commit_chunk(model, x, camera, state)
+    return x, commit_chunk(model, x, camera, state, compiled)

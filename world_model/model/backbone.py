@@ -18,9 +18,12 @@ from world_model.model.camera import CameraInputs
 from world_model.model.config import WorldModelConfig
 from world_model.model.layers import Block, RotaryTables
 from world_model.model.rope import rope_angles, token_positions
-from world_model.model.state import StreamState, init_state
+from world_model.model.state import StreamState, check_chunk_sizes, init_state
 
 __all__ = ["WorldModelBackbone", "timestep_embedding"]
+
+COMPILED_GRAPHS = 64
+"""Distinct compiled graphs kept for ``forward(compiled=True)`` before falling back to eager."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -69,6 +72,7 @@ class WorldModelBackbone(nn.Module):
         chunk_lengths: list[int] | None = None,
         state: StreamState | None = None,
         commit: bool = True,
+        compiled: bool = False,
     ) -> tuple[torch.Tensor, StreamState | None]:
         """Velocity for ``latents (B, T, C_lat, h, w)`` and the state after these frames.
 
@@ -78,6 +82,11 @@ class WorldModelBackbone(nn.Module):
         "commit" pass; after a denoising pass it is simply dropped, and ``commit=False``
         says so: the state is then not assembled (None is returned in its place), which
         spares the softmax blocks a copy of their caches.
+
+        ``compiled=True`` runs the computation through ``torch.compile`` (inductor; built on
+        the first call for each batch size and pass kind, then reused): the same function,
+        about 1.5-2x faster on CPU, equal to the eager pass up to float rounding. The input
+        checks above stay eager, so bad input gets the same errors either way.
         """
         cfg = self.cfg
         B, T, Cl, h, w = latents.shape
@@ -99,6 +108,25 @@ class WorldModelBackbone(nn.Module):
                 raise ValueError("rows of the state are at different chunk positions: pass chunk_lengths explicitly")
         if sum(chunk_lengths) != T or min(chunk_lengths) < 1:
             raise ValueError(f"chunk_lengths {list(chunk_lengths)} must be positive and sum to T={T}")
+        check_chunk_sizes(cfg, state.chunk_index, chunk_lengths)
+        compute = self._compiled_compute() if compiled else self._compute
+        return compute(latents, timesteps, camera, list(chunk_lengths), state, commit)
+
+    def _compiled_compute(self):
+        """``torch.compile`` of :meth:`_compute`, built once per module (kept out of the
+        module's children, so it is not part of the state dict)."""
+        fn = self.__dict__.get("_compiled")
+        if fn is None:
+            # one graph per (batch size, precision, pass kind): raise dynamo's per-function
+            # recompile limit (8) so that a benchmark over several of each stays compiled
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS)
+            fn = self.__dict__["_compiled"] = torch.compile(self._compute, dynamic=False)
+        return fn
+
+    def _compute(self, latents, timesteps, camera, chunk_lengths, state, commit):
+        """The forward computation on checked inputs (no data-dependent Python branches)."""
+        cfg = self.cfg
+        B, T, Cl, h, w = latents.shape
         x = self.embed(latents.permute(0, 1, 3, 4, 2).reshape(B, T, h * w, Cl))  # (B, T, S, C)
         t_emb = self.t_embed(timestep_embedding(timesteps, 256))  # (B, T, C)
         t_mod = self.t_block(t_emb).unflatten(-1, (6, cfg.width))  # (B, T, 6, C)

@@ -204,13 +204,10 @@ class ChunkSoftmaxAttention(_GatedAttention):
     def _write_plan(self, chunk_index: torch.Tensor, n: int, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Where each row's chunk of ``n`` frames goes: ``slots (B, n)`` cache indices,
         ``write (B,)`` whether it is written at all, ``evict (B, L)`` slots to free first
-        (the chunk that ring slot held). Chunk 0 goes to the sink, later chunks to the ring."""
-        cfg = self.cfg
+        (the chunk that ring slot held). Chunk 0 goes to the sink, later chunks to the ring.
+        Free of data-dependent Python branches, so that ``torch.compile`` traces it whole."""
+        cfg = self.cfg  # chunk sizes were checked by the backbone (check_chunk_sizes), outside any compiled region
         first = chunk_index == 0
-        if bool((first & (n > cfg.first_chunk_frames)).any()):
-            raise ValueError(f"first chunk has {n} frames; the cache's sink holds first_chunk_frames={cfg.first_chunk_frames}")
-        if bool((~first & (n > cfg.chunk_frames)).any()):
-            raise ValueError(f"chunk of {n} frames; chunks after the first hold at most chunk_frames={cfg.chunk_frames}")
         W = max(cfg.softmax_window_chunks, 1)
         base = torch.where(first, 0, cfg.first_chunk_frames + ((chunk_index - 1) % W) * cfg.chunk_frames)  # (B,)
         write = first | torch.tensor(cfg.softmax_window_chunks > 0, device=first.device)

@@ -17,7 +17,8 @@ import torch
 
 from world_model.model.config import WorldModelConfig
 
-__all__ = ["GDNBlockState", "SoftmaxBlockState", "StreamState", "init_state", "scatter_rows", "state_nbytes"]
+__all__ = ["GDNBlockState", "SoftmaxBlockState", "StreamState", "check_chunk_sizes", "init_state", "scatter_rows",
+           "state_nbytes"]
 
 
 @dataclass
@@ -90,6 +91,22 @@ def cache_slots(cfg: WorldModelConfig) -> int:
     if cfg.softmax_window_chunks < 0:
         return 0
     return cfg.first_chunk_frames + cfg.softmax_window_chunks * cfg.chunk_frames
+
+
+def check_chunk_sizes(cfg: WorldModelConfig, chunk_index: torch.Tensor, chunk_lengths: list[int]) -> None:
+    """Raise if a chunk would not fit the bounded softmax cache: a row's first chunk (its
+    ``chunk_index`` is 0) goes to the sink of ``first_chunk_frames`` slots, every later one
+    to a ring slot of ``chunk_frames``. An unbounded cache (window -1) takes any size."""
+    if cfg.softmax_window_chunks < 0 or not any(cfg.is_softmax_block(i) for i in range(cfg.depth)):
+        return
+    first = chunk_index == 0
+    n = chunk_lengths[0]
+    if n > cfg.first_chunk_frames and bool(first.any()):
+        raise ValueError(f"first chunk has {n} frames; the cache's sink holds first_chunk_frames={cfg.first_chunk_frames}")
+    later = [n] if not bool(first.all()) else []
+    for n in later + list(chunk_lengths[1:]):
+        if n > cfg.chunk_frames:
+            raise ValueError(f"chunk of {n} frames; chunks after the first hold at most chunk_frames={cfg.chunk_frames}")
 
 
 def init_state(cfg: WorldModelConfig, batch_size: int, device=None) -> StreamState:

@@ -80,6 +80,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
+def _optimizer_params(model: nn.Module, opt: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
+    """``(name, parameter)`` in the optimizer's id order (its groups' order)."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [(name_of[id(p)], p) for group in opt.param_groups for p in group["params"]]
+
+
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
@@ -225,7 +232,7 @@ def _train(cfg: TrainConfig, stage: Stage, d: distributed.Dist, out: Path) -> di
         load_state_into(model, _prefixed(tensors, "model."), path.with_suffix(".safetensors"))
         load_state_into(ema, _prefixed(tensors, "ema."), path.with_suffix(".safetensors"))
         try:
-            opt.load_state_dict(optimizer_state_from_flat(tensors, data["optimizer"]))
+            opt.load_state_dict(optimizer_state_from_flat(tensors, data["optimizer"], params=_optimizer_params(model, opt)))
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: optimizer state does not fit ({exc})") from None
         _set_rng_state(tensors, data["rng"])
@@ -327,7 +334,7 @@ def _train(cfg: TrainConfig, stage: Stage, d: distributed.Dist, out: Path) -> di
 def _save(folder: Path, cfg: TrainConfig, d: distributed.Dist, model: nn.Module, ema: nn.Module,
           opt: torch.optim.Optimizer, step: int, elapsed: float, history: list[dict[str, Any]]) -> None:
     """Write checkpoint ``step-<step>`` and delete all but the newest ``keep_checkpoints``."""
-    opt_tensors, opt_data = optimizer_state_to_flat(opt.state_dict())
+    opt_tensors, opt_data = optimizer_state_to_flat(opt.state_dict(), param_names=[n for n, _ in _optimizer_params(model, opt)])
     rng_tensors, rng_data = _rng_state()
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                **{f"ema.{k}": v for k, v in ema.state_dict().items()}, **opt_tensors, **rng_tensors}
