@@ -255,3 +255,16 @@ def test_rows_at_different_positions_match_single_row_runs():
     torch.testing.assert_close(torch.cat([o[:1] for o in outs], 1), torch.cat(alone0, 1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat([o[1:] for o in outs[3:]], 1), torch.cat(alone1, 1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat([o[1:] for o in outs[:3]], 1), torch.cat(alone1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_copies_and_pickles_build_their_own_compiled_function():
+    """The compiled forward is bound to one module's weights: a deep copy (an EMA model, say)
+    must not run the original's weights when it is called with ``compiled=True``."""
+    import copy
+    import io
+
+    model = WorldModelBackbone(SMALL)
+    fn = model._compiled_compute()  # torch.compile is lazy: nothing is built here
+    twin = copy.deepcopy(model)
+    assert "_compiled" not in twin.__dict__ and twin._compiled_compute() is not fn
+    torch.save(model, io.BytesIO())  # a bound compiled function cannot be pickled

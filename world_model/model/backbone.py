@@ -123,6 +123,13 @@ class WorldModelBackbone(nn.Module):
             fn = self.__dict__["_compiled"] = torch.compile(self._compute, dynamic=False)
         return fn
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the compiled function behind: it is bound to this
+        module's weights, and a copy builds its own on first use."""
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)
+        return state
+
     def _compute(self, latents, timesteps, camera, chunk_lengths, state, commit):
         """The forward computation on checked inputs (no data-dependent Python branches)."""
         cfg = self.cfg
