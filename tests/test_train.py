@@ -197,3 +197,22 @@ def test_ema_decay_and_step_seed():
 def test_train_config_checks(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_ema_update_moves_towards_the_model_without_recording_autograd():
+    """The EMA update runs in the training loop's grad mode: it must not make the EMA
+    weights part of an autograd graph (a graph that would grow every step)."""
+    import copy
+
+    from world_model.train.loop import ema_update
+
+    model = torch.nn.Linear(3, 2)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in ema.parameters()]
+    ema_update(ema, model, 0.75)
+    for b, e, m in zip(before, ema.parameters(), model.parameters()):
+        torch.testing.assert_close(e, 0.75 * b + 0.25 * m.detach())
+        assert e.grad_fn is None and not e.requires_grad

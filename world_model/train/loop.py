@@ -79,7 +79,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas)
 
 
-@torch.no_grad()
 def _optimizer_params(model: nn.Module, opt: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
     """``(name, parameter)`` in the optimizer's id order (its groups' order)."""
     model = model.module if isinstance(model, DistributedDataParallel) else model
@@ -87,6 +86,7 @@ def _optimizer_params(model: nn.Module, opt: torch.optim.Optimizer) -> list[tupl
     return [(name_of[id(p)], p) for group in opt.param_groups for p in group["params"]]
 
 
+@torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
