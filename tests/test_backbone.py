@@ -264,7 +264,8 @@ def test_copies_and_pickles_build_their_own_compiled_function():
     import io
 
     model = WorldModelBackbone(SMALL)
-    fn = model._compiled_compute()  # torch.compile is lazy: nothing is built here
+    fn = model.compiled("_compute")  # torch.compile is lazy: nothing is built here
+    assert model.compiled("_compute") is fn
     twin = copy.deepcopy(model)
-    assert "_compiled" not in twin.__dict__ and twin._compiled_compute() is not fn
+    assert "_compiled__compute" not in twin.__dict__ and twin.compiled("_compute") is not fn
     torch.save(model, io.BytesIO())  # a bound compiled function cannot be pickled

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from world_model.autoencoder.config import AutoencoderConfig
+from world_model.compiling import CompiledMethods
 
 __all__ = ["Autoencoder", "CausalResBlock", "Reconstruction", "ResBlock", "StreamCache"]
 
@@ -252,7 +253,7 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------- model
-class Autoencoder(nn.Module):
+class Autoencoder(CompiledMethods, nn.Module):
     """The causal video autoencoder. See the module docstring.
 
     - :meth:`encode` ``(B, 1+Kn, C, H, W)`` in [-1, 1] -> latents ``(B, 1+n, L, H/s, W/s)``
@@ -335,11 +336,24 @@ class Autoencoder(nn.Module):
         raw, cache = self.encoder(frames, cache)
         return self.normalize(raw), cache
 
-    def decode_step(self, z: Tensor, cache: StreamCache | None = None) -> tuple[Tensor, StreamCache]:
+    def decode_step(self, z: Tensor, cache: StreamCache | None = None,
+                    compiled: bool = False) -> tuple[Tensor, StreamCache]:
         """Decode the next ``T`` latent frames (``T = 1`` for one env step): returns
-        ``(frames, cache)`` with ``1 + K (T-1)`` frames on the first call, ``K T`` after."""
+        ``(frames, cache)`` with ``1 + K (T-1)`` frames on the first call, ``K T`` after.
+        ``compiled=True``: through ``torch.compile`` (built on first use per input shape and
+        precision; equal to eager up to float rounding)."""
         self._check_latents(z)
-        return self.decoder(self.denormalize(z), cache)
+        if not compiled or cache is None:
+            return self.decoder(self.denormalize(z), cache)
+        frames, previous = self.compiled("_decode_next")(z, cache.previous)
+        return frames, StreamCache(previous, cache.latent_frames + z.shape[1])
+
+    def _decode_next(self, z: Tensor, previous: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The decoder after its first call, on the cache's tensors only: the frame count
+        does not change the frames, and leaving it out keeps it from being baked into
+        (and rebuilding) the compiled graph at every step."""
+        frames, cache = self.decoder(self.denormalize(z), StreamCache(previous, 0))
+        return frames, cache.previous
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from world_model.compiling import CompiledMethods
 from world_model.model.camera import CameraInputs
 from world_model.model.config import WorldModelConfig
 from world_model.model.layers import Block, RotaryTables
@@ -21,9 +22,6 @@ from world_model.model.rope import rope_angles, token_positions
 from world_model.model.state import StreamState, check_chunk_sizes, init_state
 
 __all__ = ["WorldModelBackbone", "timestep_embedding"]
-
-COMPILED_GRAPHS = 64
-"""Distinct compiled graphs kept for ``forward(compiled=True)`` before falling back to eager."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -34,7 +32,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], -1)
 
 
-class WorldModelBackbone(nn.Module):
+class WorldModelBackbone(CompiledMethods, nn.Module):
     """Patch embed (1x1) -> ``depth`` blocks (frame-wise GDN, softmax every ``softmax_every``)
     -> adaLN final layer (zero-initialised) -> velocity."""
 
@@ -109,26 +107,8 @@ class WorldModelBackbone(nn.Module):
         if sum(chunk_lengths) != T or min(chunk_lengths) < 1:
             raise ValueError(f"chunk_lengths {list(chunk_lengths)} must be positive and sum to T={T}")
         check_chunk_sizes(cfg, state.chunk_index, chunk_lengths)
-        compute = self._compiled_compute() if compiled else self._compute
+        compute = self.compiled("_compute") if compiled else self._compute
         return compute(latents, timesteps, camera, list(chunk_lengths), state, commit)
-
-    def _compiled_compute(self):
-        """``torch.compile`` of :meth:`_compute`, built once per module (kept out of the
-        module's children, so it is not part of the state dict)."""
-        fn = self.__dict__.get("_compiled")
-        if fn is None:
-            # one graph per (batch size, precision, pass kind): raise dynamo's per-function
-            # recompile limit (8) so that a benchmark over several of each stays compiled
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS)
-            fn = self.__dict__["_compiled"] = torch.compile(self._compute, dynamic=False)
-        return fn
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave the compiled function behind: it is bound to this
-        module's weights, and a copy builds its own on first use."""
-        state = dict(self.__dict__)
-        state.pop("_compiled", None)
-        return state
 
     def _compute(self, latents, timesteps, camera, chunk_lengths, state, commit):
         """The forward computation on checked inputs (no data-dependent Python branches)."""
