@@ -338,10 +338,10 @@ class WorldModelNavEnv(gym.Env):
     ``model`` is a ``WorldModel``, a checkpoint folder, or None for the shipped one.
     ``precision="bfloat16"`` generates under bfloat16 autocast (faster on CPUs with AMX,
     frames differ slightly from float32; still deterministic under a seed).
-    ``compile=True`` runs the model's denoising and commit passes through ``torch.compile``
-    (the first step of a batch size and precision builds it: tens of seconds, cached on
-    disk by inductor; then about 1.5-2x faster; frames equal the eager ones up to float
-    rounding and stay deterministic under a seed). ``reference_frames=True`` adds
+    ``compile=True`` runs the model's denoising and commit passes and its decoding through
+    ``torch.compile`` (the first step of a batch size and precision builds it: tens of
+    seconds, cached on disk by inductor; then about 1.5-2x faster; frames equal the eager
+    ones up to float rounding and stay deterministic under a seed). ``reference_frames=True`` adds
     ``info["reference_rgb"]``, the exact render of the same pose (scene starts only).
     ``timing_info=True`` adds ``info["generation_time_s"]``, the seconds spent generating
     the step (off by default because a wall-clock time makes infos differ between two
