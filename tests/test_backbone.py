@@ -191,6 +191,12 @@ def test_bad_inputs(model):
         model(lat, t, cam, chunk_lengths=[1, 1])
     with pytest.raises(ValueError, match="sink"):
         model(lat, t, cam, chunk_lengths=[3])
+    lat4, t4, cam4, _, _ = make_inputs(SMALL, 4)
+    with pytest.raises(ValueError, match="chunk of 3 frames; chunks after the first hold at most chunk_frames=2"):
+        model(lat4, t4, cam4, chunk_lengths=[1, 3])
+    _, state = model(lat[:, :1], t[:, :1], slice_cam(cam, slice(0, 1)))  # a row past its first chunk
+    with pytest.raises(ValueError, match="chunk of 3 frames"):
+        model(lat, t, cam, chunk_lengths=[3], state=state)
     with pytest.raises(ValueError, match="divisible"):
         WorldModelConfig(width=30, num_heads=4)
 
