@@ -151,6 +151,7 @@ def test_bad_inputs(ae):
     ({"latent_channels": 0}, "latent_channels must be >= 1"),
     ({"frame_widths": (8,)}, "frame_widths must have 2 entries"),
     ({"decoder_blocks": (1, 1, -1, 1)}, "decoder_blocks entries must be integers >= 0"),
+    ({"decoder_width_multiplier": 0}, "decoder_width_multiplier must be >= 1"),
     ({"latent_mean": (0.0,) * 3}, "latent_mean must have latent_channels=32 entries"),
     ({"latent_std": (0.0,) * 32}, "latent_std entries must be > 0"),
 ])

@@ -154,6 +154,53 @@ def test_bad_arguments_exit_with_message(data, tmp_path, capsys):
     assert r"error: ema_decay must be in [0, 1), got 1.5" in err
 
 
+# ------------------------------------------------------------------------------ decoder only
+def test_decoder_only_run_keeps_the_encoder_and_its_latents(data, full_run, tmp_path):
+    """A wider decoder trained on the frozen encoder of a finished run: the encoder's tensors
+    and latent statistics come out unchanged (a teacher trained on its latents stays valid),
+    the decoder changed, and the decoder's extra width is in the exported config."""
+    out = tmp_path / "decoder"
+    proc = _train(data, out, "--steps", "4", "--init-from", str(full_run / "final"), "--decoder-only",
+                  "--model.decoder-width-multiplier", "2")
+    assert "encoder frozen, its latent statistics kept" in proc.stderr
+    source, trained = load_autoencoder(full_run / "final"), load_autoencoder(out / "final")
+    assert trained.config.decoder_width_multiplier == 2 and trained.decoder.level1[0].conv1.in_channels == 8
+    assert (trained.config.latent_mean, trained.config.latent_std) == (source.config.latent_mean,
+                                                                      source.config.latent_std)
+    a, b = source.encoder.state_dict(), trained.encoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = source.decoder.state_dict(), trained.decoder.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].shape == b[k].shape)
+    assert read_pretrained_config(out / "final")["extra"]["decoder_only_from"] == str(full_run / "final")
+
+
+def test_decoder_only_refuses_another_encoder(data, full_run, tmp_path, capsys):
+    err = _main_exit(data, tmp_path / "bad", capsys, "--init-from", str(full_run / "final"), "--decoder-only",
+                     "--model.frame-widths", "4", "16")
+    assert "decoder_only needs the encoder architecture of init_from" in err
+    assert "frame_widths: (4, 8) vs (4, 16)" in err
+    err = _main_exit(data, tmp_path / "bad", capsys, "--decoder-only")
+    assert "decoder_only needs init_from" in err
+
+
+def test_decoder_only_objective_leaves_the_encoder_without_gradients():
+    from world_model.autoencoder import Autoencoder, AutoencoderConfig
+    from world_model.autoencoder.losses import LossWeights
+    from world_model.train.stages.autoencoder import AutoencoderObjective, initialise_from
+
+    cfg = AutoencoderConfig(latent_channels=4, frame_widths=(4, 8), latent_widths=(8, 8))
+    source = Autoencoder(cfg)
+    source.set_latent_stats([0.5] * 4, [2.0] * 4)
+    ae = Autoencoder(AutoencoderConfig(**{**cfg.to_json(), "decoder_width_multiplier": 2}))
+    fresh = initialise_from(ae, source, decoder_only=True)
+    assert fresh and all(k.startswith("decoder.") for k in fresh)  # the wider per-frame levels start anew
+    assert ae.config.latent_mean == (0.5,) * 4 and not any(p.requires_grad for p in ae.encoder.parameters())
+    loss, _ = AutoencoderObjective(ae, LossWeights(), decoder_only=True)({"video": torch.rand(1, 5, 3, 16, 16)})
+    loss.backward()
+    assert all(p.grad is None for p in ae.encoder.parameters())
+    assert all(p.grad is not None for p in ae.decoder.parameters())
+
+
 # ------------------------------------------------------------------------------ DDP
 def test_torchrun_two_processes(data, tmp_path):
     out = tmp_path / "ddp"

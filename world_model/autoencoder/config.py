@@ -36,6 +36,12 @@ class AutoencoderConfig:
     """Residual blocks of the encoder per level, finest first (levels 3 and 4 are causal)."""
     decoder_blocks: tuple[int, int, int, int] = (1, 2, 1, 2)
     """Residual blocks of the decoder per level, finest first (levels 3 and 4 are causal)."""
+    decoder_width_multiplier: int = 1
+    """The decoder's two per-frame levels have ``frame_widths`` times this many channels.
+    Our choice: these levels synthesise every frame's detail (K frames per latent frame)
+    while the encoder's only have to summarise it, so a wider decoder is where extra
+    reconstruction quality is cheapest; it also lets a decoder be retrained for a frozen
+    encoder (see the autoencoder stage's ``decoder_only``)."""
     shortcuts: bool = True
     """Non-parametric residual shortcuts around every change of shape, as in DC-AE (Chen et
     al. 2024, "Deep Compression Autoencoder"): space-to-channel then channel averaging
@@ -52,7 +58,7 @@ class AutoencoderConfig:
     divides by it so that latents have about unit variance. None: ones."""
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "latent_channels", "temporal_stride", "patch_size"):
+        for name in ("in_channels", "latent_channels", "temporal_stride", "patch_size", "decoder_width_multiplier"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name, n in (("frame_widths", 2), ("latent_widths", 2), ("encoder_blocks", 4), ("decoder_blocks", 4)):
@@ -73,6 +79,11 @@ class AutoencoderConfig:
                 raise ValueError(f"{name} must have latent_channels={self.latent_channels} entries, got {len(value)}")
         if self.latent_std is not None and min(self.latent_std) <= 0:
             raise ValueError(f"latent_std entries must be > 0, got min {min(self.latent_std)}")
+
+    @property
+    def decoder_frame_widths(self) -> tuple[int, int]:
+        """Channels of the decoder's two per-frame levels."""
+        return tuple(w * self.decoder_width_multiplier for w in self.frame_widths)
 
     @property
     def spatial_stride(self) -> int:

@@ -206,7 +206,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
-        c1, c2 = cfg.frame_widths
+        c1, c2 = cfg.decoder_frame_widths
         c3, c4 = cfg.latent_widths
         b1, b2, b3, b4 = cfg.decoder_blocks
         self.cfg = cfg

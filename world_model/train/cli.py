@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in PATH_FIELDS:
         if getattr(args, name, None):
             setattr(args, name, str(Path(getattr(args, name)).expanduser().resolve()))
+    if getattr(args, "init_from", None) not in (None, "", "shipped"):
+        args.init_from = str(Path(args.init_from).expanduser().resolve())
     try:
         cfg = dataclass_from_args(TrainConfig, args)
         cls = stage_class(cfg.stage)

@@ -27,7 +27,7 @@ from world_model.data import PosedVideoDataset
 from world_model.train.plots import save_png, video_grid
 from world_model.train.stage import Batch, Logs, Stage
 
-__all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "latent_statistics"]
+__all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "initialise_from", "latent_statistics"]
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +48,69 @@ class AutoencoderStageConfig:
     """Held-out clips per forward pass in evaluation and statistics."""
     picture_clips: int = 4
     """Held-out clips shown in the reconstruction picture."""
+    init_from: str = ""
+    """A pretrained autoencoder folder (``save_pretrained`` format; ``shipped``: the one in
+    the package) whose tensors start the run wherever name and shape match; empty: random
+    initialisation."""
+    decoder_only: bool = False
+    """Train the decoder alone on the frozen encoder of ``init_from`` (same encoder
+    architecture required). The latents, and the latent statistics the export keeps, stay
+    those of ``init_from``, so a teacher trained on them stays valid with the new decoder."""
 
     def __post_init__(self) -> None:
         for name in ("crops_per_clip", "stats_clips", "eval_batch", "picture_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decoder_only and not self.init_from:
+            raise ValueError("decoder_only needs init_from (the autoencoder whose encoder stays frozen)")
+
+
+ENCODER_FIELDS = ("in_channels", "latent_channels", "temporal_stride", "patch_size", "frame_widths", "latent_widths",
+                  "encoder_blocks", "shortcuts")
+"""The :class:`AutoencoderConfig` fields that shape the encoder."""
 
 
 class AutoencoderObjective(nn.Module):
-    """The autoencoder with its loss: ``forward(batch) -> (loss, logs)``."""
+    """The autoencoder with its loss: ``forward(batch) -> (loss, logs)``. ``decoder_only``:
+    the encoder runs without gradients (its parameters are frozen by the caller)."""
 
-    def __init__(self, autoencoder: Autoencoder, weights: LossWeights) -> None:
+    def __init__(self, autoencoder: Autoencoder, weights: LossWeights, decoder_only: bool = False) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.weights = weights
+        self.decoder_only = decoder_only
 
     def forward(self, batch: Batch) -> tuple[Tensor, Logs]:
         video = batch["video"]  # (B, T, 3, H, W) in [-1, 1]
-        rec = self.autoencoder(video)
-        return reconstruction_loss(rec.video, video, rec.raw_latents, self.weights)
+        if not self.decoder_only:
+            rec = self.autoencoder(video)
+            return reconstruction_loss(rec.video, video, rec.raw_latents, self.weights)
+        with torch.no_grad():
+            raw = self.autoencoder.encoder(video, None)[0]  # (B, T', L, h, w)
+        decoded = self.autoencoder.decoder(raw, None)[0]  # (B, T, 3, H, W)
+        return reconstruction_loss(decoded, video, raw, self.weights)
+
+
+def initialise_from(ae: Autoencoder, source: Autoencoder, decoder_only: bool) -> list[str]:
+    """Copy ``source``'s tensors into ``ae`` wherever name and shape match; returns the names
+    of ``ae``'s tensors left as initialised. ``decoder_only``: the encoders must agree (all
+    their tensors are copied), ``source``'s latent statistics are kept and the encoder's
+    parameters are frozen. Raises ``ValueError`` naming the fields that differ."""
+    if decoder_only:
+        differ = [f"{n}: {getattr(source.config, n)} vs {getattr(ae.config, n)}" for n in ENCODER_FIELDS
+                  if getattr(source.config, n) != getattr(ae.config, n)]
+        if differ:
+            raise ValueError("decoder_only needs the encoder architecture of init_from; differing fields "
+                             f"(init_from vs this run): {'; '.join(differ)}")
+    theirs = source.state_dict()
+    mine = ae.state_dict()
+    fits = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+    ae.load_state_dict(fits, strict=False)
+    if decoder_only:
+        if source.config.latent_mean is not None and source.config.latent_std is not None:
+            ae.set_latent_stats(list(source.config.latent_mean), list(source.config.latent_std))
+        ae.encoder.requires_grad_(False)
+    return sorted(set(mine) - set(fits))
 
 
 def _frames_uint8(video: Tensor) -> np.ndarray:
@@ -108,7 +152,17 @@ class AutoencoderStage(Stage):
                                  f"got {frames}")
 
     def build_model(self) -> nn.Module:
-        return AutoencoderObjective(Autoencoder(self.config.model), self.config.loss)
+        cfg = self.config
+        ae = Autoencoder(cfg.model)
+        if cfg.init_from:
+            from world_model.autoencoder import load_autoencoder
+
+            source = load_autoencoder(None if cfg.init_from == "shipped" else cfg.init_from)
+            fresh = initialise_from(ae, source, cfg.decoder_only)
+            log.info("initialised from %s: %d of %d tensors copied%s", cfg.init_from,
+                     len(ae.state_dict()) - len(fresh), len(ae.state_dict()),
+                     "; encoder frozen, its latent statistics kept" if cfg.decoder_only else "")
+        return AutoencoderObjective(ae, cfg.loss, cfg.decoder_only)
 
     def train_dataset(self) -> Dataset:
         ds = PosedVideoDataset(self.train.data, self.train.clip_frames, seed=self.train.seed,
@@ -152,6 +206,9 @@ class AutoencoderStage(Stage):
     @torch.no_grad()
     def export(self, model: nn.Module, out_dir: Path, extra: dict[str, Any]) -> None:
         ae: Autoencoder = model.autoencoder
+        if self.config.decoder_only:  # the frozen encoder's statistics, which a teacher was trained with
+            save_pretrained(out_dir, ae, ae.config, extra={**extra, "decoder_only_from": self.config.init_from})
+            return
         device = next(ae.parameters()).device
         data = PosedVideoDataset(self.train.data, self.train.clip_frames, random_crop=False)
         n = min(self.config.stats_clips, len(data))
