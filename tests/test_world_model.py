@@ -159,6 +159,26 @@ def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypat
         assert (tmp_path / "eval" / name).exists()
 
 
+def test_evaluate_command_autoencoder_reports_reconstruction(wm, tmp_path, monkeypatch, capsys):
+    import json
+
+    from world_model.data import PosedVideoDataset
+    from world_model.evaluate import main
+    from world_model.evaluation import evaluate_reconstruction
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    wm.save_pretrained(tmp_path / "wm")
+    assert main(["--model", str(tmp_path / "wm"), "--autoencoder", "--data", str(tmp_path / "held"), "--clips", "2",
+                 "--seconds", "0.5", "--out", str(tmp_path / "eval")]) == 0
+    assert "autoencoder, 2 held-out clips of 9 frames" in capsys.readouterr().out
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert (tmp_path / "eval" / "recon.png").exists()
+    # the same figures as the function on the float32 model (a random autoencoder: low, finite)
+    again = evaluate_reconstruction(wm.autoencoder, PosedVideoDataset(tmp_path / "held", 9, random_crop=False))
+    assert again["psnr"] == pytest.approx(report["psnr"], abs=1e-4) and 0 < report["psnr"] < 30
+    assert report["psnr_worst_clip"] <= report["psnr"] and -1 <= report["ssim"] <= 1
+
+
 def test_the_shipped_default_checkpoint_loads_and_generates():
     from world_model.world_model import DEFAULT_WEIGHTS
 

@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from world_model.autoencoder import Autoencoder, AutoencoderConfig
-from world_model.autoencoder.losses import LossWeights, psnr, reconstruction_loss, ssim
+from world_model.autoencoder.losses import LossWeights, reconstruction_loss
 from world_model.checkpoint import save_pretrained
 from world_model.data import PosedVideoDataset
-from world_model.train.plots import save_png, video_grid
+from world_model.evaluation import evaluate_reconstruction
 from world_model.train.stage import Batch, Logs, Stage
 
 __all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "initialise_from", "latent_statistics"]
@@ -113,11 +113,6 @@ def initialise_from(ae: Autoencoder, source: Autoencoder, decoder_only: bool) ->
     return sorted(set(mine) - set(fits))
 
 
-def _frames_uint8(video: Tensor) -> np.ndarray:
-    """``(T, 3, H, W)`` in [-1, 1] -> ``(T, H, W, 3)`` uint8."""
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 @torch.no_grad()
 def latent_statistics(autoencoder: Autoencoder, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
     """Per-channel mean and standard deviation ``(L,)`` of the raw latents of ``loader``'s
@@ -184,24 +179,9 @@ class AutoencoderStage(Stage):
         if H % s or W % s:
             raise ValueError(f"{where}: frames are {H}x{W}; the autoencoder needs multiples of {s}")
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, heldout: Dataset, out_dir: Path, step: int) -> dict[str, float]:
-        ae: Autoencoder = model.autoencoder
-        device = next(ae.parameters()).device
-        psnrs, ssims, pictures = [], [], []
-        for batch in DataLoader(heldout, batch_size=self.config.eval_batch):
-            video = batch["video"].to(device)  # (B, T, 3, H, W)
-            rec = ae(video).video.clamp(-1, 1)  # (B, T, 3, H, W)
-            psnrs.append(psnr(rec.flatten(0, 1), video.flatten(0, 1)).view(video.shape[:2]).cpu())  # (B, T)
-            ssims.append(ssim(rec.flatten(0, 1), video.flatten(0, 1)).view(video.shape[:2]).cpu())  # (B, T)
-            for b in range(video.shape[0]):
-                if len(pictures) < 2 * self.config.picture_clips:
-                    every = ae.config.temporal_stride
-                    pictures += [_frames_uint8(video[b, ::every]), _frames_uint8(rec[b, ::every])]
-        p, s = torch.cat(psnrs), torch.cat(ssims)  # (N, T)
-        save_png(video_grid(pictures), out_dir / f"recon-{step:08d}.png")
-        return {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_first_frame": float(p[:, 0].mean()),
-                "psnr_worst_clip": float(p.mean(1).min())}
+        return evaluate_reconstruction(model.autoencoder, heldout, self.config.eval_batch,
+                                       out_dir / f"recon-{step:08d}.png", self.config.picture_clips)
 
     @torch.no_grad()
     def export(self, model: nn.Module, out_dir: Path, extra: dict[str, Any]) -> None:
