@@ -168,13 +168,19 @@ def test_evaluate_command_autoencoder_reports_reconstruction(wm, tmp_path, monke
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
     wm.save_pretrained(tmp_path / "wm")
-    assert main(["--model", str(tmp_path / "wm"), "--autoencoder", "--data", str(tmp_path / "held"), "--clips", "2",
-                 "--seconds", "0.5", "--out", str(tmp_path / "eval")]) == 0
-    assert "autoencoder, 2 held-out clips of 9 frames" in capsys.readouterr().out
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert (tmp_path / "eval" / "recon.png").exists()
+    save_pretrained(tmp_path / "ae", wm.autoencoder, wm.autoencoder.config)  # what an autoencoder run exports
+    reports = []
+    for folder in ("wm", "ae"):
+        out = tmp_path / f"eval-{folder}"
+        assert main(["--model", str(tmp_path / folder), "--autoencoder", "--data", str(tmp_path / "held"),
+                     "--clips", "2", "--seconds", "0.5", "--out", str(out)]) == 0
+        assert "autoencoder, 2 held-out clips of 9 frames" in capsys.readouterr().out
+        assert (out / "recon.png").exists()
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert reports[0] == reports[1]
     # the same figures as the function on the float32 model (a random autoencoder: low, finite)
     again = evaluate_reconstruction(wm.autoencoder, PosedVideoDataset(tmp_path / "held", 9, random_crop=False))
+    report = reports[0]
     assert again["psnr"] == pytest.approx(report["psnr"], abs=1e-4) and 0 < report["psnr"] < 30
     assert report["psnr_worst_clip"] <= report["psnr"] and -1 <= report["ssim"] <= 1
 

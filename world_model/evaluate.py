@@ -10,7 +10,8 @@ clip from its first frame along its true camera path, and prints PSNR against th
 render at each horizon for the model, the model with its camera conditioning off, and the
 first frame repeated. Saves ``psnr-horizon.png``, ``rollout.png`` (reference rows above
 generated rows) and ``report.json`` into ``--out``. ``--autoencoder``: the checkpoint's
-autoencoder alone, reconstruction PSNR / SSIM of the same clips (``recon.png``).
+autoencoder alone (``--model`` may also be an autoencoder folder, such as an autoencoder
+run's ``final/``), reconstruction PSNR / SSIM of the same clips (``recon.png``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 
+from world_model.autoencoder import load_autoencoder
 from world_model.data import PosedVideoDataset, write_dataset
 from world_model.evaluation import (
     FPS,
@@ -50,22 +51,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluate the autoencoder alone: reconstruction PSNR / SSIM of the clips")
     args = p.parse_args(argv)
     frames = 1 + 4 * int(round(args.seconds * FPS / 4))
+    if args.autoencoder:
+        return _evaluate_autoencoder(args, frames)
     wm = WorldModel.from_pretrained(args.model)
     H, W = wm.image_hw
     write_dataset(args.data, args.clips, frames, height=H, width=W, seed=args.seed, progress=True)
     heldout = PosedVideoDataset(args.data, frames, random_crop=False)
     t0 = time.perf_counter()
-    if args.autoencoder:
-        metrics = evaluate_reconstruction(wm.autoencoder, Subset(heldout, range(min(args.clips, len(heldout)))),
-                                          picture=args.out / "recon.png")
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "report.json").write_text(json.dumps({**metrics, "clips": args.clips, "frames": frames,
-                                                          "seed": args.seed}, indent=1))
-        print(f"autoencoder, {args.clips} held-out clips of {frames} frames (seed {args.seed}): "
-              f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, first frame {metrics['psnr_first_frame']:.2f} "
-              f"dB, worst clip {metrics['psnr_worst_clip']:.2f} dB ({time.perf_counter() - t0:.0f} s); "
-              f"picture in {args.out / 'recon.png'}")
-        return 0
     report = evaluate_rollouts(wm.backbone, wm.autoencoder, heldout, wm.image_hw, args.steps or wm.sample_steps,
                                wm.sample_shift, tuple(args.horizons), batch_size=args.clips,
                                picture=args.out / "rollout.png")
@@ -83,6 +75,25 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{h:>7g}s {row[0]:>7.2f} {row[1]:>11.2f} {row[2]:>12.2f} {row[0] - max(row[1], row[2]):>+16.2f}")
     print(f"pictures and report in {args.out}")
+    return 0
+
+
+def _evaluate_autoencoder(args: argparse.Namespace, frames: int) -> int:
+    """``--autoencoder``: ``--model`` may be a world-model folder or an autoencoder folder
+    (what the autoencoder stage exports); the clips are the package's 64x64 frames."""
+    root = Path(args.model) if args.model else None
+    ae = load_autoencoder(root / "autoencoder" if root is not None and (root / "autoencoder").is_dir() else root)
+    write_dataset(args.data, args.clips, frames, seed=args.seed, progress=True)
+    t0 = time.perf_counter()
+    metrics = evaluate_reconstruction(ae, PosedVideoDataset(args.data, frames, random_crop=False),
+                                      picture=args.out / "recon.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps({**metrics, "clips": args.clips, "frames": frames,
+                                                      "seed": args.seed}, indent=1))
+    print(f"autoencoder, {args.clips} held-out clips of {frames} frames (seed {args.seed}): "
+          f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, first frame {metrics['psnr_first_frame']:.2f} "
+          f"dB, worst clip {metrics['psnr_worst_clip']:.2f} dB ({time.perf_counter() - t0:.0f} s); "
+          f"picture in {args.out / 'recon.png'}")
     return 0
 
 
