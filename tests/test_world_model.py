@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -144,6 +145,36 @@ def test_teacher_stage_trains_resumes_and_exports_a_loadable_world_model(tmp_pat
     wm = WorldModel.from_pretrained(out / "final")
     K = intrinsics_from_fov(90, 32, 32).numpy()
     assert wm.generate_video(first_frame(), path(5), K).shape == (5, 32, 32, 3)
+
+
+def test_teacher_init_from_copies_every_fitting_tensor(wm, tmp_path, monkeypatch):
+    """``--init-from`` warm start: from a world-model folder or a backbone folder, every
+    tensor whose name and shape match is copied; after a change of latent channels only the
+    latent projections start fresh."""
+    from world_model.data import write_dataset
+    from world_model.train.config import TrainConfig
+    from world_model.train.stages.teacher import TeacherStage, TeacherStageConfig, load_backbone
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    wm.save_pretrained(tmp_path / "wm")
+    for folder in (tmp_path / "wm", tmp_path / "wm" / "backbone"):
+        assert load_backbone(folder).cfg == BACKBONE
+    assert load_backbone("shipped").cfg == WorldModel.from_pretrained().backbone.cfg
+    data = write_dataset(tmp_path / "data", num_clips=2, frames_per_clip=5, height=32, width=32, seed=0, progress=False)
+    wider_ae = dataclasses.replace(AE, latent_channels=8)
+    save_pretrained(tmp_path / "ae8", Autoencoder(wider_ae), wider_ae)
+    train = TrainConfig(stage="teacher", data=str(data), out=str(tmp_path / "run"), clip_frames=5, eval_frames=5)
+    stage = TeacherStage(train, TeacherStageConfig(model=dataclasses.replace(BACKBONE, latent_channels=8),
+                                                   autoencoder=str(tmp_path / "ae8"), init_from=str(tmp_path / "wm")))
+    mine = stage.build_model().backbone.state_dict()
+    theirs = wm.backbone.state_dict()
+    differ = sorted(k for k in mine if k not in theirs or mine[k].shape != theirs[k].shape)
+    assert differ == ["embed.weight", "final.bias", "final.weight"], differ
+    for k, v in mine.items():
+        if k not in differ:
+            torch.testing.assert_close(v, theirs[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        load_backbone(tmp_path / "nowhere")
 
 
 def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):

@@ -41,6 +41,7 @@ from torch import nn
 __all__ = [
     "CONFIG_NAME",
     "CheckpointError",
+    "copy_matching_tensors",
     "WEIGHTS_NAME",
     "load_pretrained",
     "load_state_into",
@@ -220,6 +221,18 @@ def load_state_into(module: nn.Module, tensors: Mapping[str, torch.Tensor], file
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(tensors[k].to(v.dtype))
+
+
+def copy_matching_tensors(module: nn.Module, source: nn.Module | Mapping[str, torch.Tensor]) -> list[str]:
+    """Warm start: copy ``source``'s tensors into ``module`` wherever name and shape match;
+    returns the names of ``module``'s tensors left as they were (sorted)."""
+    theirs = source.state_dict() if isinstance(source, nn.Module) else source
+    mine = module.state_dict()
+    fits = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+    with torch.no_grad():
+        for k, v in fits.items():
+            mine[k].copy_(v.to(mine[k].dtype))
+    return sorted(set(mine) - set(fits))
 
 
 def read_pretrained_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from world_model.autoencoder import Autoencoder, AutoencoderConfig
 from world_model.autoencoder.losses import LossWeights, reconstruction_loss
-from world_model.checkpoint import save_pretrained
+from world_model.checkpoint import copy_matching_tensors, save_pretrained
 from world_model.data import PosedVideoDataset
 from world_model.evaluation import evaluate_reconstruction
 from world_model.train.stage import Batch, Logs, Stage
@@ -102,15 +102,12 @@ def initialise_from(ae: Autoencoder, source: Autoencoder, decoder_only: bool) ->
         if differ:
             raise ValueError("decoder_only needs the encoder architecture of init_from; differing fields "
                              f"(init_from vs this run): {'; '.join(differ)}")
-    theirs = source.state_dict()
-    mine = ae.state_dict()
-    fits = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
-    ae.load_state_dict(fits, strict=False)
+    fresh = copy_matching_tensors(ae, source)
     if decoder_only:
         if source.config.latent_mean is not None and source.config.latent_std is not None:
             ae.set_latent_stats(list(source.config.latent_mean), list(source.config.latent_std))
         ae.encoder.requires_grad_(False)
-    return sorted(set(mine) - set(fits))
+    return fresh
 
 
 @torch.no_grad()

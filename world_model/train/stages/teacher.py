@@ -33,14 +33,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from world_model.autoencoder import Autoencoder
-from world_model.checkpoint import save_pretrained, write_files_atomically
+from world_model.checkpoint import copy_matching_tensors, load_pretrained, save_pretrained, write_files_atomically
 from world_model.data import PosedVideoDataset
 from world_model.diffusion import FlowMatchingConfig, flow_matching_loss
 from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs
 from world_model.evaluation import evaluate_rollouts, save_horizon_plot
 from world_model.train.stage import Batch, Logs, Stage
 
-__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig", "default_autoencoder_path"]
+__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig", "default_autoencoder_path",
+           "load_backbone"]
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,25 @@ class TeacherStageConfig:
     """Held-out clips generated at once."""
     encode_batch: int = 16
     """Clips per autoencoder call when building the latent cache."""
+    init_from: str = ""
+    """Warm start: a world-model folder (with ``backbone/``), a backbone folder, or
+    ``shipped``; every backbone tensor whose name and shape match is copied, the rest (for
+    example the latent projections after a change of ``latent_channels``) start as
+    initialised. The optimizer starts fresh; empty: train from scratch."""
 
     def __post_init__(self) -> None:
         if len(self.progressive_epochs) != len(self.progressive) - 1:
             raise ValueError(f"progressive_epochs needs {len(self.progressive) - 1} entries for progressive={self.progressive}")
         if min(self.progressive) < 1:
             raise ValueError(f"progressive lengths must be >= 1, got {self.progressive}")
+
+
+def load_backbone(path: str | Path) -> WorldModelBackbone:
+    """The backbone of ``path``: a world-model folder (``backbone/`` inside), a backbone
+    folder, or ``shipped`` (the one in the package). Raises :class:`CheckpointError`."""
+    root = default_autoencoder_path().parent if str(path) == "shipped" else Path(path)
+    folder = root / "backbone" if (root / "backbone").is_dir() else root
+    return load_pretrained(folder, lambda c: WorldModelBackbone(WorldModelConfig.from_dict(c)))
 
 
 class LatentClips(Dataset):
@@ -169,7 +183,14 @@ class TeacherStage(Stage):
         if latent != self.config.model.latent_channels:
             raise ValueError(f"the autoencoder makes {latent} latent channels; set --model.latent-channels {latent} "
                              f"(got {self.config.model.latent_channels})")
-        return TeacherObjective(WorldModelBackbone(self.config.model), self.config.flow, self._image_hw(ds))
+        backbone = WorldModelBackbone(self.config.model)
+        if self.config.init_from:
+            source = load_backbone(self.config.init_from)
+            fresh = copy_matching_tensors(backbone, source)
+            total = len(backbone.state_dict())
+            log.info("initialised from %s: %d of %d tensors copied%s", self.config.init_from, total - len(fresh), total,
+                     f"; left as initialised: {', '.join(fresh)}" if fresh else "")
+        return TeacherObjective(backbone, self.config.flow, self._image_hw(ds))
 
     def _latent_cache(self) -> dict[str, Tensor]:
         """Encode the training clips once (first ``clip_frames`` frames of each) and keep the
