@@ -175,6 +175,10 @@ def test_teacher_init_from_copies_every_fitting_tensor(wm, tmp_path, monkeypatch
             torch.testing.assert_close(v, theirs[k], rtol=0, atol=0, msg=k)
     with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         load_backbone(tmp_path / "nowhere")
+    other = TeacherStage(train, TeacherStageConfig(model=dataclasses.replace(BACKBONE, latent_channels=8, width=48),
+                                                   autoencoder=str(tmp_path / "ae8"), init_from=str(tmp_path / "wm")))
+    with pytest.raises(ValueError, match="less than half .* width: 32 vs 48"):
+        other.build_model()
 
 
 def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):

@@ -81,7 +81,8 @@ class TeacherStageConfig:
     """Warm start: a world-model folder (with ``backbone/``), a backbone folder, or
     ``shipped``; every backbone tensor whose name and shape match is copied, the rest (for
     example the latent projections after a change of ``latent_channels``) start as
-    initialised. The optimizer starts fresh; empty: train from scratch."""
+    initialised; refused when less than half of the weights fit. The optimizer starts
+    fresh; empty: train from scratch."""
 
     def __post_init__(self) -> None:
         if len(self.progressive_epochs) != len(self.progressive) - 1:
@@ -187,7 +188,14 @@ class TeacherStage(Stage):
         if self.config.init_from:
             source = load_backbone(self.config.init_from)
             fresh = copy_matching_tensors(backbone, source)
-            total = len(backbone.state_dict())
+            state = backbone.state_dict()
+            total = len(state)
+            if sum(state[k].numel() for k in fresh) > sum(v.numel() for v in state.values()) / 2:
+                differ = [f"{f.name}: {getattr(source.cfg, f.name)} vs {getattr(self.config.model, f.name)}"
+                          for f in dataclasses.fields(self.config.model)
+                          if getattr(source.cfg, f.name) != getattr(self.config.model, f.name)]
+                raise ValueError(f"init_from {self.config.init_from}: less than half of this backbone's weights fit "
+                                 f"(differing config fields, init_from vs this run: {'; '.join(differ)})")
             log.info("initialised from %s: %d of %d tensors copied%s", self.config.init_from, total - len(fresh), total,
                      f"; left as initialised: {', '.join(fresh)}" if fresh else "")
         return TeacherObjective(backbone, self.config.flow, self._image_hw(ds))
