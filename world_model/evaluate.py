@@ -31,7 +31,7 @@ from world_model.evaluation import (
     evaluate_rollouts,
     save_horizon_plot,
 )
-from world_model.world_model import WorldModel
+from world_model.world_model import WorldModel, component_folder
 
 __all__ = ["main"]
 
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate_autoencoder(args: argparse.Namespace, frames: int) -> int:
     """``--autoencoder``: ``--model`` may be a world-model folder or an autoencoder folder
     (what the autoencoder stage exports); the clips are the package's 64x64 frames."""
-    root = Path(args.model) if args.model else None
-    ae = load_autoencoder(root / "autoencoder" if root is not None and (root / "autoencoder").is_dir() else root)
+    ae = load_autoencoder(component_folder(args.model, "autoencoder"))
     write_dataset(args.data, args.clips, frames, seed=args.seed, progress=True)
     t0 = time.perf_counter()
     metrics = evaluate_reconstruction(ae, PosedVideoDataset(args.data, frames, random_crop=False),

@@ -28,7 +28,7 @@ from world_model.diffusion import commit_chunk, sample_chunk, sampling_times
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig, camera_inputs
 from world_model.model.state import scatter_rows
 
-__all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "WorldModel", "WorldState"]
+__all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "load_backbone"]
 
 PRECISIONS = ("float32", "bfloat16")
 """How :class:`WorldModel` computes: ``float32``, or ``bfloat16`` autocast (matmuls and
@@ -46,6 +46,21 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.A
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The default checkpoint shipped inside the package."""
+
+
+def component_folder(path: str | Path | None, name: str) -> Path:
+    """The ``name`` (``autoencoder`` / ``backbone``) folder of ``path``: ``path/name`` when
+    ``path`` is a world-model folder, else ``path`` itself (a folder of that part alone, such
+    as a training stage's ``final/``); ``None``: the shipped checkpoint's."""
+    root = DEFAULT_WEIGHTS if path is None else Path(path)
+    return root / name if (root / name).is_dir() else root
+
+
+def load_backbone(path: str | Path | None = None) -> WorldModelBackbone:
+    """The backbone of ``path`` (see :func:`component_folder`), float32, eval mode. Raises
+    :class:`CheckpointError` naming the file."""
+    return load_pretrained(component_folder(path, "backbone"),
+                           lambda c: WorldModelBackbone(WorldModelConfig.from_dict(c)))
 
 
 @dataclass
@@ -120,7 +135,7 @@ class WorldModel(nn.Module):
             raise CheckpointError(f"{root}: no such world-model checkpoint folder (expected autoencoder/ and backbone/ inside)")
         ae = load_autoencoder(root / "autoencoder")
         meta = read_pretrained_config(root / "backbone")
-        backbone = load_pretrained(root / "backbone", lambda c: WorldModelBackbone(WorldModelConfig.from_dict(c)))
+        backbone = load_backbone(root / "backbone")
         sampling = meta.get("extra", {}).get("sampling", {})
         image_hw = meta.get("extra", {}).get("image_hw")
         return cls(ae, backbone, int(sampling.get("steps", 4)), float(sampling.get("shift", 3.0)),

@@ -33,15 +33,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from world_model.autoencoder import Autoencoder
-from world_model.checkpoint import copy_matching_tensors, load_pretrained, save_pretrained, write_files_atomically
+from world_model.checkpoint import config_differences, copy_matching_tensors, save_pretrained, write_files_atomically
 from world_model.data import PosedVideoDataset
 from world_model.diffusion import FlowMatchingConfig, flow_matching_loss
 from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs
 from world_model.evaluation import evaluate_rollouts, save_horizon_plot
 from world_model.train.stage import Batch, Logs, Stage
+from world_model.world_model import load_backbone
 
-__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig", "default_autoencoder_path",
-           "load_backbone"]
+__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig", "default_autoencoder_path"]
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,6 @@ class TeacherStageConfig:
             raise ValueError(f"progressive_epochs needs {len(self.progressive) - 1} entries for progressive={self.progressive}")
         if min(self.progressive) < 1:
             raise ValueError(f"progressive lengths must be >= 1, got {self.progressive}")
-
-
-def load_backbone(path: str | Path) -> WorldModelBackbone:
-    """The backbone of ``path``: a world-model folder (``backbone/`` inside), a backbone
-    folder, or ``shipped`` (the one in the package). Raises :class:`CheckpointError`."""
-    root = default_autoencoder_path().parent if str(path) == "shipped" else Path(path)
-    folder = root / "backbone" if (root / "backbone").is_dir() else root
-    return load_pretrained(folder, lambda c: WorldModelBackbone(WorldModelConfig.from_dict(c)))
 
 
 class LatentClips(Dataset):
@@ -186,16 +178,15 @@ class TeacherStage(Stage):
                              f"(got {self.config.model.latent_channels})")
         backbone = WorldModelBackbone(self.config.model)
         if self.config.init_from:
-            source = load_backbone(self.config.init_from)
+            source = load_backbone(None if self.config.init_from == "shipped" else self.config.init_from)
             fresh = copy_matching_tensors(backbone, source)
             state = backbone.state_dict()
             total = len(state)
             if sum(state[k].numel() for k in fresh) > sum(v.numel() for v in state.values()) / 2:
-                differ = [f"{f.name}: {getattr(source.cfg, f.name)} vs {getattr(self.config.model, f.name)}"
-                          for f in dataclasses.fields(self.config.model)
-                          if getattr(source.cfg, f.name) != getattr(self.config.model, f.name)]
+                differ = config_differences(dataclasses.asdict(source.cfg), dataclasses.asdict(self.config.model),
+                                            labels=("in init_from", "in this run"))
                 raise ValueError(f"init_from {self.config.init_from}: less than half of this backbone's weights fit "
-                                 f"(differing config fields, init_from vs this run: {'; '.join(differ)})")
+                                 f"({'; '.join(differ)})")
             log.info("initialised from %s: %d of %d tensors copied%s", self.config.init_from, total - len(fresh), total,
                      f"; left as initialised: {', '.join(fresh)}" if fresh else "")
         return TeacherObjective(backbone, self.config.flow, self._image_hw(ds))
