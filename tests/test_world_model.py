@@ -182,6 +182,29 @@ def test_teacher_init_from_copies_every_fitting_tensor(wm, tmp_path, monkeypatch
         other.build_model()
 
 
+def test_teacher_latent_cache_follows_the_autoencoders_normalisation(wm, tmp_path, monkeypatch):
+    """The encoded training clips are cached per autoencoder: the same weights with another
+    latent normalisation (config only) are encoded again, not served from the stale cache;
+    a world-model folder is accepted as ``--autoencoder``."""
+    from world_model.data import write_dataset
+    from world_model.train.config import TrainConfig
+    from world_model.train.stages.teacher import TeacherStage, TeacherStageConfig
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    wm.save_pretrained(tmp_path / "wm")
+    data = write_dataset(tmp_path / "data", num_clips=2, frames_per_clip=5, height=32, width=32, seed=0, progress=False)
+    train = TrainConfig(stage="teacher", data=str(data), out=str(tmp_path / "run"), clip_frames=5, eval_frames=5)
+    (tmp_path / "run").mkdir()
+    shared = dataclasses.replace(AE, latent_std=(0.5,) * AE.latent_channels)
+    save_pretrained(tmp_path / "ae_shared", wm.autoencoder, shared)
+    caches = []
+    for folder in (tmp_path / "wm", tmp_path / "ae_shared", tmp_path / "wm"):
+        stage = TeacherStage(train, TeacherStageConfig(model=BACKBONE, autoencoder=str(folder)))
+        caches.append(stage._latent_cache()["latents"])
+    assert len(list((tmp_path / "run").glob("latents-*.safetensors"))) == 2
+    torch.testing.assert_close(caches[1] * 0.5, caches[0], rtol=1e-4, atol=1e-5)  # std 1 -> 0.5: latents doubled
+    torch.testing.assert_close(caches[2], caches[0], rtol=0, atol=0)
+
 def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):
     from world_model.evaluate import main
 

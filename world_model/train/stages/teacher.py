@@ -39,16 +39,11 @@ from world_model.diffusion import FlowMatchingConfig, flow_matching_loss
 from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs
 from world_model.evaluation import evaluate_rollouts, save_horizon_plot
 from world_model.train.stage import Batch, Logs, Stage
-from world_model.world_model import load_backbone
+from world_model.world_model import component_folder, load_backbone
 
-__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig", "default_autoencoder_path"]
+__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig"]
 
 log = logging.getLogger(__name__)
-
-
-def default_autoencoder_path() -> Path:
-    """The autoencoder shipped inside the package."""
-    return Path(__file__).resolve().parents[2] / "weights" / "autoencoder"
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,8 @@ class TeacherStageConfig:
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     """Timestep distribution and per-chunk noise mixture."""
     autoencoder: str = ""
-    """Folder of the frozen autoencoder (empty: the one shipped in the package)."""
+    """Folder of the frozen autoencoder, or of a world model holding one (empty: the one shipped
+    in the package)."""
     progressive: tuple[int, ...] = (5, 9, 17)
     """Latent frames per training clip, growing: stage i lasts ``progressive_epochs[i]`` epochs."""
     progressive_epochs: tuple[int, ...] = (1, 2)
@@ -153,11 +149,14 @@ class TeacherStage(Stage):
         self._ae: Autoencoder | None = None
 
     # ------------------------------------------------------------------------- pieces
+    def autoencoder_folder(self) -> Path:
+        return component_folder(self.config.autoencoder or None, "autoencoder")
+
     def autoencoder(self) -> Autoencoder:
         if self._ae is None:
             from world_model.autoencoder import load_autoencoder
 
-            self._ae = load_autoencoder(self.config.autoencoder or default_autoencoder_path()).eval()
+            self._ae = load_autoencoder(self.autoencoder_folder()).eval()
             for p in self._ae.parameters():
                 p.requires_grad_(False)
         return self._ae
@@ -193,11 +192,13 @@ class TeacherStage(Stage):
 
     def _latent_cache(self) -> dict[str, Tensor]:
         """Encode the training clips once (first ``clip_frames`` frames of each) and keep the
-        result in the run folder, keyed by the data, frames and autoencoder."""
+        result in the run folder, keyed by the data, frames and autoencoder (its weights and its
+        config, which holds the latent normalisation)."""
         ae = self.autoencoder()
-        ae_file = Path(self.config.autoencoder or default_autoencoder_path()) / "model.safetensors"
+        ae_file = self.autoencoder_folder() / "model.safetensors"
         key = hashlib.sha256(json.dumps([str(Path(self.train.data).resolve()), self.train.clip_frames,
-                                         hashlib.sha256(ae_file.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
+                                         hashlib.sha256(ae_file.read_bytes()).hexdigest(),
+                                         dataclasses.asdict(ae.config)]).encode()).hexdigest()[:16]
         file = Path(self.train.out) / f"latents-{key}.safetensors"
         if file.is_file():
             return safetensors.torch.load_file(file)
