@@ -180,6 +180,32 @@ def test_latent_statistics_normalise(ae):
     assert torch.equal(rebuilt.latent_mean, model.latent_mean)
 
 
+def test_shared_latent_scale_keeps_the_channels_relative_energy(ae):
+    """``latent_scale="shared"``: one standard deviation for all channels, the pooled one of
+    the mean-removed latents; the normalised latents have unit variance overall while each
+    channel keeps its share."""
+    from world_model.train.stages.autoencoder import AutoencoderStageConfig, latent_statistics
+
+    batches = [{"video": _video(9, seed=seed)} for seed in range(2)]
+    with torch.no_grad():
+        mean_c, std_c = latent_statistics(ae, batches, torch.device("cpu"))
+        mean_s, std_s = latent_statistics(ae, batches, torch.device("cpu"), "shared")
+        raw = torch.cat([ae.encoder(b["video"], None)[0] for b in batches])  # (B, T, L, h, w)
+    torch.testing.assert_close(mean_s, mean_c)
+    pooled = (raw - mean_c.view(-1, 1, 1)).square().mean().sqrt()
+    torch.testing.assert_close(std_s, pooled.expand(4), rtol=1e-4, atol=0)
+    assert std_c.max() / std_c.min() > 1.05  # the channels differ: the two scales are not the same
+    model = Autoencoder(TINY).eval()
+    model.load_state_dict(ae.state_dict())
+    model.set_latent_stats(mean_s, std_s)
+    with torch.no_grad():
+        z = torch.cat([model.encode(b["video"]) for b in batches])
+    torch.testing.assert_close(z.square().mean(), torch.tensor(1.0), rtol=1e-4, atol=0)
+    torch.testing.assert_close(z.std(dim=(0, 1, 3, 4), correction=0), std_c / std_s, rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="latent_scale must be one of channel, shared"):
+        AutoencoderStageConfig(latent_scale="per-frame")
+
+
 # ------------------------------------------------------------------------------ losses
 def test_metrics():
     x = torch.rand(3, 3, 16, 16) * 2 - 1

@@ -54,7 +54,8 @@ class AutoencoderConfig:
     """Per-channel mean of the raw latents over the training data (set after training);
     ``encode`` subtracts it. None: zeros."""
     latent_std: tuple[float, ...] | None = None
-    """Per-channel standard deviation of the raw latents (set after training); ``encode``
+    """Standard deviation of the raw latents per channel (set after training; the same value
+    in every channel when the autoencoder stage's ``latent_scale`` is ``shared``); ``encode``
     divides by it so that latents have about unit variance. None: ones."""
 
     def __post_init__(self) -> None:

@@ -4,7 +4,8 @@ The trainable module is :class:`AutoencoderObjective` (the autoencoder plus its 
 weights): ``objective(batch) -> (loss, logs)`` with every loss term logged. Evaluation
 measures PSNR / SSIM of held-out reconstructions (float32, clamped to [-1, 1], per frame
 then averaged) and saves originals above reconstructions as a PNG. The export measures the
-per-channel latent statistics on training clips, stores them in the config, and writes the
+latent statistics (per-channel means; per-channel or one shared standard deviation) on
+training clips, stores them in the config, and writes the
 EMA autoencoder with :func:`world_model.checkpoint.save_pretrained`.
 """
 
@@ -27,9 +28,12 @@ from world_model.data import PosedVideoDataset
 from world_model.evaluation import evaluate_reconstruction
 from world_model.train.stage import Batch, Logs, Stage
 
-__all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "initialise_from", "latent_statistics"]
+__all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "initialise_from", "latent_statistics", "shared_std"]
 
 log = logging.getLogger(__name__)
+
+
+LATENT_SCALES = ("channel", "shared")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ class AutoencoderStageConfig:
     """A pretrained autoencoder folder (``save_pretrained`` format; ``shipped``: the one in
     the package) whose tensors start the run wherever name and shape match; empty: random
     initialisation."""
+    latent_scale: str = "channel"
+    """How the export normalises the latents: ``channel``, each channel by its own standard
+    deviation (every channel unit variance); ``shared``, all channels by one, the pooled
+    standard deviation of the mean-removed latents (as SD's and DC-AE's single scaling
+    factor), so that channels keep their relative energy and a diffusion model's loss is not
+    dominated by many low-energy detail channels."""
     decoder_only: bool = False
     """Train the decoder alone on the frozen encoder of ``init_from`` (same encoder
     architecture required). The latents, and the latent statistics the export keeps, stay
@@ -61,6 +71,8 @@ class AutoencoderStageConfig:
         for name in ("crops_per_clip", "stats_clips", "eval_batch", "picture_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.latent_scale not in LATENT_SCALES:
+            raise ValueError(f"latent_scale must be one of {', '.join(LATENT_SCALES)}, got {self.latent_scale!r}")
         if self.decoder_only and not self.init_from:
             raise ValueError("decoder_only needs init_from (the autoencoder whose encoder stays frozen)")
 
@@ -111,9 +123,19 @@ def initialise_from(ae: Autoencoder, source: Autoencoder, decoder_only: bool) ->
 
 
 @torch.no_grad()
-def latent_statistics(autoencoder: Autoencoder, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
+def shared_std(std: Tensor) -> Tensor:
+    """Per-channel standard deviations ``(L,)`` -> their pooled value repeated ``(L,)``: the
+    standard deviation of all latents once each channel's mean is removed (the RMS of the
+    per-channel values, every channel having as many samples)."""
+    std = torch.as_tensor(std, dtype=torch.float64)
+    return std.square().mean().sqrt().expand_as(std).float().clone()
+
+
+def latent_statistics(autoencoder: Autoencoder, loader: DataLoader, device: torch.device,
+                      scale: str = "channel") -> tuple[Tensor, Tensor]:
     """Per-channel mean and standard deviation ``(L,)`` of the raw latents of ``loader``'s
-    clips (accumulated in float64)."""
+    clips (accumulated in float64); ``scale="shared"``: the standard deviation pooled over
+    channels (see :func:`shared_std`)."""
     L = autoencoder.config.latent_channels
     total = torch.zeros(L, dtype=torch.float64)
     square = torch.zeros(L, dtype=torch.float64)
@@ -126,7 +148,7 @@ def latent_statistics(autoencoder: Autoencoder, loader: DataLoader, device: torc
         count += raw.shape[1]
     mean = total / count
     std = (square / count - mean.square()).clamp_min(1e-12).sqrt()
-    return mean.float(), std.float()
+    return mean.float(), shared_std(std) if scale == "shared" else std.float()
 
 
 class AutoencoderStage(Stage):
@@ -191,8 +213,9 @@ class AutoencoderStage(Stage):
         n = min(self.config.stats_clips, len(data))
         picks = np.linspace(0, len(data) - 1, n).round().astype(int).tolist()
         loader = DataLoader(Subset(data, picks), batch_size=self.config.eval_batch)
-        mean, std = latent_statistics(ae, loader, device)
+        mean, std = latent_statistics(ae, loader, device, self.config.latent_scale)
         ae.set_latent_stats(mean, std)
         log.info("latent statistics over %d training clips: mean in [%.3f, %.3f], std in [%.3f, %.3f]",
                  n, mean.min(), mean.max(), std.min(), std.max())
-        save_pretrained(out_dir, ae, ae.config, extra={**extra, "latent_stats_clips": n})
+        save_pretrained(out_dir, ae, ae.config,
+                        extra={**extra, "latent_stats_clips": n, "latent_scale": self.config.latent_scale})
