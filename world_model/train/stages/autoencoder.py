@@ -28,7 +28,8 @@ from world_model.data import PosedVideoDataset
 from world_model.evaluation import evaluate_reconstruction
 from world_model.train.stage import Batch, Logs, Stage
 
-__all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "initialise_from", "latent_statistics", "shared_std"]
+__all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "initialise_from", "latent_statistics",
+           "shared_std"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,6 @@ def initialise_from(ae: Autoencoder, source: Autoencoder, decoder_only: bool) ->
     return fresh
 
 
-@torch.no_grad()
 def shared_std(std: Tensor) -> Tensor:
     """Per-channel standard deviations ``(L,)`` -> their pooled value repeated ``(L,)``: the
     standard deviation of all latents once each channel's mean is removed (the RMS of the
@@ -131,6 +131,7 @@ def shared_std(std: Tensor) -> Tensor:
     return std.square().mean().sqrt().expand_as(std).float().clone()
 
 
+@torch.no_grad()
 def latent_statistics(autoencoder: Autoencoder, loader: DataLoader, device: torch.device,
                       scale: str = "channel") -> tuple[Tensor, Tensor]:
     """Per-channel mean and standard deviation ``(L,)`` of the raw latents of ``loader``'s
