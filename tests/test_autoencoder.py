@@ -245,17 +245,17 @@ def test_shipped_weights():
 
 
 def test_128_channel_checkpoint_reconstructs_above_the_shipped_one(tmp_path, monkeypatch):
-    """``checkpoints/autoencoder-128ch`` (the autoencoder that meets the 30 dB target, kept
-    beside the package until a teacher is trained on it) still loads into today's model
-    code and reconstructs fresh held-out clips well: measured 30.4 dB vs 27.3 dB for the
-    shipped autoencoder on these 4 clips."""
+    """The autoencoder of ``checkpoints/world-model-128ch`` (it meets the 30 dB target; kept
+    beside the package until its teacher's rollouts match the shipped model's) still loads
+    into today's model code and reconstructs fresh held-out clips well: measured 30.4 dB vs
+    27.3 dB for the shipped autoencoder on these 4 clips."""
     from pathlib import Path
 
     from world_model.data import PosedVideoDataset, write_dataset
     from world_model.evaluation import evaluate_reconstruction
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
-    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "autoencoder-128ch"
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "world-model-128ch" / "autoencoder"
     model = load_autoencoder(folder)
     assert model.config.latent_channels == 128 and model.config.spatial_stride == 8
     data = PosedVideoDataset(write_dataset(tmp_path / "held", 4, 9, height=64, width=64, seed=7000, progress=False), 9,

@@ -255,3 +255,21 @@ def test_the_shipped_default_checkpoint_loads_and_generates():
     frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     video = wm.generate_video(frame, path(5), K, seed=0)
     assert video.shape == (5, 64, 64, 3) and video.dtype == np.uint8
+
+
+@pytest.mark.parametrize("folder", [None, ROOT / "checkpoints" / "world-model-128ch"], ids=["shipped", "128ch"])
+def test_trained_world_models_follow_the_camera(folder, tmp_path, monkeypatch):
+    """The shipped checkpoint and the candidate one in ``checkpoints/`` load into today's
+    code and, on fresh held-out clips, beat both baselines 1 s ahead by a clear margin
+    (measured on these 4 clips at 2 sampler steps, model / first frame / camera off:
+    shipped 21.3 / 17.9 / 15.9 dB, 128ch 20.7 / 17.9 / 14.6 dB)."""
+    from world_model.data import PosedVideoDataset, write_dataset
+    from world_model.evaluation import evaluate_rollouts
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    wm = WorldModel.from_pretrained(folder)
+    held = PosedVideoDataset(write_dataset(tmp_path / "held", 4, 17, height=64, width=64, seed=7000, progress=False), 17,
+                             random_crop=False)
+    report = evaluate_rollouts(wm.backbone, wm.autoencoder, held, wm.image_hw, 2, wm.sample_shift, (1.0,))
+    assert report["psnr_model_1s"] >= report["psnr_first_frame_1s"] + 2.0, report
+    assert report["psnr_model_1s"] >= report["psnr_no_camera_1s"] + 4.0, report
