@@ -150,6 +150,8 @@ class TeacherStage(Stage):
 
     # ------------------------------------------------------------------------- pieces
     def autoencoder_folder(self) -> Path:
+        """The frozen autoencoder's folder: ``--autoencoder`` (an autoencoder folder or a
+        world-model folder holding one), else the shipped one."""
         return component_folder(self.config.autoencoder or None, "autoencoder")
 
     def autoencoder(self) -> Autoencoder:
