@@ -205,6 +205,7 @@ def test_teacher_latent_cache_follows_the_autoencoders_normalisation(wm, tmp_pat
     torch.testing.assert_close(caches[1] * 0.5, caches[0], rtol=1e-4, atol=1e-5)  # std 1 -> 0.5: latents doubled
     torch.testing.assert_close(caches[2], caches[0], rtol=0, atol=0)
 
+
 def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):
     from world_model.evaluate import main
 
