@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -217,11 +218,26 @@ def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypat
     assert "camera off" in out and "first frame" in out and "   0.5s" in out
     for name in ("report.json", "psnr-horizon.png", "rollout.png"):
         assert (tmp_path / "eval" / name).exists()
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    for n in ("model", "no_camera", "first_frame"):  # the per-clip values are the ones the means are taken over
+        assert len(report[f"clips_{n}_0.5s"]) == 2
+        assert report[f"psnr_{n}_0.5s"] == pytest.approx(np.mean(report[f"clips_{n}_0.5s"]), abs=1e-5)
+    model, cam_off, first = (np.array(report[f"clips_{n}_0.5s"]) for n in ("model", "no_camera", "first_frame"))
+    margins = model - np.maximum(cam_off, first)
+    row = next(line for line in out.splitlines() if line.startswith("    0.5s")).split()
+    assert row[-2] == f"{np.median(margins):+.2f}" and row[-1] == f"{int((margins > 0).sum())}/2"
+
+
+def test_clip_margins_compare_each_clip_with_its_better_baseline():
+    from world_model.evaluate import clip_margins
+
+    report = {"clips_model_2s": [20.0, 18.0, 25.0, 17.0], "clips_no_camera_2s": [15.0, 19.0, 15.0, 16.0],
+              "clips_first_frame_2s": [19.0, 17.0, 48.13, 17.0]}
+    # clip 0 is ahead; 1 loses to camera off, 2 to an exact first frame (its camera is back at the start), 3 ties
+    np.testing.assert_allclose(clip_margins(report, 2.0), [1.0, -1.0, -23.13, 0.0])
 
 
 def test_evaluate_command_autoencoder_reports_reconstruction(wm, tmp_path, monkeypatch, capsys):
-    import json
-
     from world_model.data import PosedVideoDataset
     from world_model.evaluate import main
     from world_model.evaluation import evaluate_reconstruction

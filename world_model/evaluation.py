@@ -66,9 +66,10 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
                       sample_steps: int, sample_shift: float, horizons_s: tuple[float, ...], batch_size: int = 4,
                       picture: Path | None = None, seed: int = 0) -> dict[str, Any]:
     """PSNR by raw frame of generated vs reference video for the model, the model without
-    camera conditioning and the first frame repeated (means over clips, ``curve_*``) and
-    floats at ``horizons_s`` seconds (``psnr_<name>_<h>s``). ``picture``: a PNG of the
-    reference (odd rows) and generated (even rows) frames of the first clips."""
+    camera conditioning and the first frame repeated (means over clips, ``curve_*``), floats
+    at ``horizons_s`` seconds (``psnr_<name>_<h>s``) and the per-clip values behind them
+    (``clips_<name>_<h>s``, lists in clip order). ``picture``: a PNG of the reference (odd
+    rows) and generated (even rows) frames of the first clips."""
     m = backbone.cfg
     times = sampling_times(sample_steps, sample_shift)
     curves: dict[str, list[Tensor]] = {"model": [], "no_camera": [], "first_frame": []}
@@ -94,12 +95,14 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
     fps = FPS
     report: dict[str, Any] = {}
     for name, parts in curves.items():
-        curve = torch.cat(parts).mean(0)  # (F,) mean over clips
+        per_clip = torch.cat(parts)  # (N, F)
+        curve = per_clip.mean(0)  # (F,) mean over clips
         report[f"curve_{name}"] = curve.tolist()
         for h in horizons_s:
             i = int(round(h * fps))
             if i < curve.shape[0]:
                 report[f"psnr_{name}_{h:g}s"] = float(curve[i])
+                report[f"clips_{name}_{h:g}s"] = per_clip[:, i].tolist()
         report[f"psnr_{name}_mean"] = float(curve[1:].mean())
     if picture is not None and pictures:
         save_png(video_grid(pictures), picture)
