@@ -275,3 +275,19 @@ def test_copies_and_pickles_build_their_own_compiled_function():
     twin = copy.deepcopy(model)
     assert "_compiled__compute" not in twin.__dict__ and twin.compiled("_compute") is not fn
     torch.save(model, io.BytesIO())  # a bound compiled function cannot be pickled
+
+
+def test_bench_command_prints_the_chunk_ratios_and_throughput(capsys):
+    """``python -m world_model.bench`` at a short horizon: the hybrid's carried state is the
+    same size late as early, the unbounded baseline's grows, and every figure is printed."""
+    from world_model.bench import main
+
+    assert main(["--chunks", "12", "--steps", "1", "--repeats", "1", "--batch-sizes", "1",
+                 "--throughput-chunks", "2"]) == 0
+    out = capsys.readouterr().out
+    ratios = {line.split("   ")[0].strip(): line for line in out.splitlines() if "state x" in line}
+    assert "state x1.00" in ratios["hybrid GDN (sink + window cache)"]
+    grown = float(ratios["all softmax, unbounded cache"].split("state x")[1])
+    assert grown > 2  # 12 chunks of keys and values against 2
+    assert "baseline / hybrid at chunk 12" in out
+    assert len([line for line in out.splitlines() if line.split()[:1] == ["1"]]) == 2  # batch 1: float32, bf16
