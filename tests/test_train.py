@@ -1,5 +1,5 @@
 """The training entry point: a smoke run of the autoencoder stage as a subprocess, resume
-after an interruption equals an uninterrupted run bit for bit, config checks on re-runs,
+after an interruption (a clean stop or a SIGKILL) equals an uninterrupted run bit for bit, config checks on re-runs,
 a two-process gloo DDP run under ``torchrun``, and the schedules."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,34 @@ def test_resume_after_stop_is_bit_exact(data, full_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log == [2, 4, 6]  # lines of steps after the checkpoint were dropped, not duplicated
+
+
+def test_resume_after_sigkill_is_bit_exact(data, full_run, tmp_path):
+    """A run killed (SIGKILL: no handler, no clean-up) as soon as its first checkpoint is on
+    disk resumes from its newest complete checkpoint and ends with the uninterrupted run's
+    weights."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "world_model.train", "--data", str(data["train"]), "--heldout", str(data["heldout"]),
+           "--out", str(out), *TINY_ARGS]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = out / "checkpoints" / "step-00000002.json"
+        deadline = time.monotonic() + 120
+        while not first.exists():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "final").exists()  # killed mid-run, not after it
+
+    resumed = _train(data, out)
+    assert "resuming from" in resumed.stderr
+    a, b = _tensors(full_run / "final" / "model.safetensors"), _tensors(out / "final" / "model.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_damaged_newest_checkpoint_falls_back(data, full_run, tmp_path):
