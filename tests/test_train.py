@@ -1,6 +1,7 @@
 """The training entry point: a smoke run of the autoencoder stage as a subprocess, resume
-after an interruption (a clean stop or a SIGKILL) equals an uninterrupted run bit for bit, config checks on re-runs,
-a two-process gloo DDP run under ``torchrun``, and the schedules."""
+after an interruption (a clean stop or a SIGKILL) equals an uninterrupted run bit for bit,
+config checks on re-runs, a two-process gloo DDP run under ``torchrun``, and the
+schedules."""
 
 from __future__ import annotations
 

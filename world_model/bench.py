@@ -9,9 +9,10 @@ Timing does not depend on the weights, so the default uses a freshly initialised
 backbone (the shipped checkpoint's architecture). The rollout keeps copies of the states
 that chunk 2 and the last chunk are generated from; each of the two chunks is then
 generated ``--repeats`` times from a fresh copy, the two taking turns, and ms/chunk is the
-median (one ~50 ms chunk on a shared 2-core machine is too noisy for a ratio). Peak memory is the growth of the
-process's peak resident set (Linux ``VmHWM``, reset before each measured chunk) while
-the chunk is generated, plus the bytes of the carried state.
+median (one ~50 ms chunk on a shared 2-core machine is too noisy for a ratio). Peak
+memory is the growth of the process's peak resident set (Linux ``VmHWM``, reset before
+each measured chunk) while the chunk is generated; the state column is the bytes of the
+carried state after it.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from world_model.autoencoder import load_autoencoder
 from world_model.data import PosedVideoDataset, write_dataset
 from world_model.evaluation import (
     FPS,
+    PSNR_CAP,
     evaluate_reconstruction,
     evaluate_rollouts,
     save_horizon_plot,
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{np.median(margins):>+12.2f} {f'{int((margins > 0).sum())}/{len(margins)}':>12}")
     print("vs best baseline: the model's mean minus the better baseline's mean. Per clip, the model minus the better "
           "baseline on that clip: its median, and on how many clips it is positive. A clip whose camera is back at "
-          "its start pose gives the first frame an exact match (capped at 48.13 dB), which moves the means a lot.")
+          f"its start pose gives the first frame an exact match (capped at {PSNR_CAP:.2f} dB), which moves the means "
+          "a lot.")
     print(f"pictures and report in {args.out}")
     return 0
 
