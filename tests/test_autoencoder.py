@@ -152,8 +152,8 @@ def test_bad_inputs(ae):
     ({"frame_widths": (8,)}, "frame_widths must have 2 entries"),
     ({"decoder_blocks": (1, 1, -1, 1)}, "decoder_blocks entries must be integers >= 0"),
     ({"decoder_width_multiplier": 0}, "decoder_width_multiplier must be >= 1"),
-    ({"latent_mean": (0.0,) * 3}, "latent_mean must have latent_channels=32 entries"),
-    ({"latent_std": (0.0,) * 32}, "latent_std entries must be > 0"),
+    ({"latent_mean": (0.0,) * 3}, "latent_mean must have latent_channels=128 entries"),
+    ({"latent_std": (0.0,) * 128}, "latent_std entries must be > 0"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -232,37 +232,37 @@ def test_loss_logs_every_term_and_is_finite_under_bf16():
 @pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").exists(), reason="no shipped autoencoder weights")
 def test_shipped_weights():
     meta = read_pretrained_config(WEIGHTS_DIR)
-    assert meta["weights"]["bytes"] <= 8 * 2**20
+    assert meta["weights"]["bytes"] <= 12 * 2**20
     model = load_autoencoder()
     cfg = model.config
     assert cfg.latent_mean is not None and cfg.latent_std is not None
+    assert cfg.latent_channels == 128 and len(set(cfg.latent_std)) == 1  # one shared latent scale
     assert cfg.spatial_stride == 8 and cfg.temporal_stride == 4
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert model.num_parameters() <= 4_000_000
+    assert model.num_parameters() <= 6_500_000
     with torch.no_grad():
         x = model.decode(model.encode(torch.zeros(1, 5, 3, 64, 64)))
     assert x.shape == (1, 5, 3, 64, 64) and torch.isfinite(x).all()
 
 
-def test_128_channel_checkpoint_reconstructs_above_the_shipped_one(tmp_path, monkeypatch):
-    """The autoencoder of ``checkpoints/world-model-128ch`` (it meets the 30 dB target; kept
-    beside the package until its teacher's rollouts match the shipped model's) still loads
-    into today's model code and reconstructs fresh held-out clips well: measured 30.4 dB vs
-    27.3 dB for the shipped autoencoder on these 4 clips."""
+def test_shipped_autoencoder_reconstructs_above_the_former_32_channel_one(tmp_path, monkeypatch):
+    """The shipped 128-channel autoencoder (30.0 dB on 32 held-out clips, the 30 dB target)
+    reconstructs fresh held-out clips well above the former 32-channel one, which is kept
+    in ``checkpoints/world-model-32ch`` and still loads into today's model code: measured
+    30.4 dB vs 27.3 dB on these 4 clips."""
     from pathlib import Path
 
     from world_model.data import PosedVideoDataset, write_dataset
     from world_model.evaluation import evaluate_reconstruction
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
-    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "world-model-128ch" / "autoencoder"
-    model = load_autoencoder(folder)
-    assert model.config.latent_channels == 128 and model.config.spatial_stride == 8
+    former = load_autoencoder(Path(__file__).resolve().parents[1] / "checkpoints" / "world-model-32ch" / "autoencoder")
+    assert former.config.latent_channels == 32 and former.config.spatial_stride == 8
     data = PosedVideoDataset(write_dataset(tmp_path / "held", 4, 9, height=64, width=64, seed=7000, progress=False), 9,
                              random_crop=False)
-    wide = evaluate_reconstruction(model, data)["psnr"]
     shipped = evaluate_reconstruction(load_autoencoder(), data)["psnr"]
-    assert wide >= 29.5 and wide >= shipped + 2.0, (wide, shipped)
+    narrow = evaluate_reconstruction(former, data)["psnr"]
+    assert shipped >= 29.5 and shipped >= narrow + 2.0, (shipped, narrow)
 
 
 def test_dc_ae_shortcuts_move_channels_without_parameters():

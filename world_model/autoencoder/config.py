@@ -22,8 +22,8 @@ class AutoencoderConfig:
 
     in_channels: int = 3
     """Image channels (RGB)."""
-    latent_channels: int = 32
-    """L: channels of a latent frame."""
+    latent_channels: int = 128
+    """L: channels of a latent frame (128, the shipped autoencoder's)."""
     temporal_stride: int = 4
     """K: raw frames per latent frame (the first latent frame holds the first frame alone)."""
     patch_size: int = 2

@@ -18,8 +18,9 @@ __all__ = ["WorldModelConfig"]
 class WorldModelConfig:
     """Every size and cache bound of the backbone; nothing in the generation loop is hard-coded."""
 
-    latent_channels: int = 32
-    """Channels of the autoencoder's latents (128 in SANA-WM's LTX-2 autoencoder)."""
+    latent_channels: int = 128
+    """Channels of the autoencoder's latents (128, as in SANA-WM's LTX-2 autoencoder and the
+    shipped one)."""
     latent_height: int = 8
     """Latent grid height (image height / spatial stride 8)."""
     latent_width: int = 8

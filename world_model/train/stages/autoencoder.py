@@ -57,12 +57,12 @@ class AutoencoderStageConfig:
     """A pretrained autoencoder folder (``save_pretrained`` format; ``shipped``: the one in
     the package) whose tensors start the run wherever name and shape match; empty: random
     initialisation."""
-    latent_scale: str = "channel"
-    """How the export normalises the latents: ``channel``, each channel by its own standard
-    deviation (every channel unit variance); ``shared``, all channels by one, the pooled
+    latent_scale: str = "shared"
+    """How the export normalises the latents: ``shared``, all channels by one, the pooled
     standard deviation of the mean-removed latents (as SD's and DC-AE's single scaling
     factor), so that channels keep their relative energy and a diffusion model's loss is not
-    dominated by many low-energy detail channels."""
+    dominated by many low-energy detail channels (the shipped autoencoder's); ``channel``,
+    each channel by its own standard deviation (every channel unit variance)."""
     decoder_only: bool = False
     """Train the decoder alone on the frozen encoder of ``init_from`` (same encoder
     architecture required). The latents, and the latent statistics the export keeps, stay
