@@ -3,7 +3,7 @@
 ``sanawm-gym demo``      a goal-seeking episode, written as a video (the README's main job)
 ``sanawm-gym eval``      success rate and SPL of the scripted policy over seeded episodes
 ``sanawm-gym bench``     renderer and env throughput, eager vs compiled side by side
-``sanawm-gym dataset``   write a posed-video training set (``python -m world_model.data``)
+``sanawm-gym dataset``   write a posed-video training set (the reference world's renders)
 ``sanawm-gym record``    a policy's steps logged to Rerun (``.rrd``, live viewer or web viewer) and an mp4
 """
 
@@ -44,7 +44,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from policies import GoalSeekingPolicy
-    from sanawm_gym.geometry import intrinsics_from_fov
+    from world_model.geometry import intrinsics_from_fov
     from sanawm_gym.recording import RerunRecorder
     from sanawm_gym.reference_world import render
     from sanawm_gym.reference_world.topdown import TopDownMap
@@ -146,7 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_vector_env(args)
     import torch
 
-    from sanawm_gym.geometry import intrinsics_from_fov, pose_from_yaw_pitch
+    from world_model.geometry import intrinsics_from_fov, pose_from_yaw_pitch
     from sanawm_gym.reference_world import generate_scene, render
 
     scene = generate_scene(args.seed)
@@ -218,7 +218,7 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- dataset
 def cmd_dataset(argv: list[str]) -> int:
-    from world_model.data.writer import main as dataset_main
+    from sanawm_gym.dataset import main as dataset_main
 
     return dataset_main(argv) or 0
 

@@ -1,24 +1,30 @@
 """From agent actions to camera poses: action scaling, the planar mode, and one chunk of motion.
 
 One env step holds a body-frame twist constant for ``frames_per_step`` raw frames at
-``fps`` and integrates it per frame with the exact SE(3) exponential (DESIGN.md). In the
-reference world the camera is a sphere that cannot pass through obstacles: when a frame's
-motion would touch one, the translation stops at the last free frame and the rotation
-continues (a robot pushed against a wall can still turn). The world-model env integrates
-the same way without collisions, which are unknown in imagination.
+``fps`` and integrates it per frame with the exact SE(3) exponential (docs/DESIGN.md). The camera
+is a sphere that cannot pass through obstacles: when a frame's motion would touch one, the
+translation stops at the last free frame and the rotation continues (a robot pushed against
+a wall can still turn). What counts as an obstacle is a *sweep* function passed in by the
+caller (the reference world passes its exact geometry,
+:func:`sanawm_gym.reference_world.collision.obstacle_sweep`); without one the motion is pure
+integration. This module knows no scene, so the reference world can import it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from sanawm_gym.geometry import exp_se3, integrate_twist
+from world_model.geometry import exp_se3, integrate_twist
 
-__all__ = ["MotionConfig", "ChunkMotion", "action_to_twist", "planar_to_body", "move_chunk"]
+__all__ = ["MotionConfig", "ChunkMotion", "Sweep", "action_to_twist", "planar_to_body", "move_chunk"]
+
+Sweep = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+"""``sweep(starts (K, 3), ends (K, 3), radius) -> (K,) bool``: whether a sphere of ``radius``
+moving in a straight line from each start to its end touches an obstacle."""
 
 
 @dataclass(frozen=True)
@@ -83,23 +89,21 @@ class ChunkMotion(NamedTuple):
     """Metres travelled by the camera centre during the chunk."""
 
 
-def move_chunk(c2w: np.ndarray, twist: np.ndarray, cfg: MotionConfig, scene=None) -> ChunkMotion:
+def move_chunk(c2w: np.ndarray, twist: np.ndarray, cfg: MotionConfig, sweep: Sweep | None = None) -> ChunkMotion:
     """Hold ``twist (6,)`` (SI units, body frame) for one chunk from ``c2w (4, 4)``.
 
-    Without a ``scene`` this is pure integration. With one, each frame's motion of the
-    camera sphere is swept against the scene; from the first frame that would touch,
+    Without a ``sweep`` this is pure integration. With one, each frame's motion of the
+    camera sphere (``cfg.camera_radius``) is swept; from the first frame that would touch,
     the translation stops and only the rotational part of the twist goes on.
     """
     poses = integrate_twist(c2w, twist, cfg.dt, cfg.frames_per_step)  # (K, 4, 4)
     collided = False
-    if scene is not None:
-        from sanawm_gym.reference_world.collision import segment_collision
-
+    if sweep is not None:
         starts = np.concatenate([c2w[None, :3, 3], poses[:-1, :3, 3]])
-        hits = segment_collision(scene, starts, poses[:, :3, 3], cfg.camera_radius)
-        if hits.collided.any():
+        hits = np.asarray(sweep(starts, poses[:, :3, 3], cfg.camera_radius), dtype=bool)  # (K,)
+        if hits.any():
             collided = True
-            j = int(np.argmax(hits.collided))
+            j = int(np.argmax(hits))
             anchor = c2w if j == 0 else poses[j - 1]
             spin = np.concatenate([np.zeros(3), twist[3:]])
             steps = np.arange(1, cfg.frames_per_step - j + 1)[:, None] * cfg.dt

@@ -252,8 +252,9 @@ def test_shipped_autoencoder_reconstructs_above_the_former_32_channel_one(tmp_pa
     30.4 dB vs 27.3 dB on these 4 clips."""
     from pathlib import Path
 
-    from world_model.data import PosedVideoDataset, write_dataset
-    from world_model.evaluation import evaluate_reconstruction
+    from sanawm_gym.dataset import write_dataset
+    from world_model.data import PosedVideoDataset
+    from world_model.scoring import evaluate_reconstruction
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
     former = load_autoencoder(Path(__file__).resolve().parents[1] / "checkpoints" / "world-model-32ch" / "autoencoder")

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from sanawm_gym.geometry import exp_se3, intrinsics_from_fov
+from world_model.geometry import exp_se3, intrinsics_from_fov
 from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs, state_nbytes
 from world_model.model.camera import CameraInputs
 from world_model.model.layers import ucpe_inputs, ucpe_output
@@ -278,9 +278,9 @@ def test_copies_and_pickles_build_their_own_compiled_function():
 
 
 def test_bench_command_prints_the_chunk_ratios_and_throughput(capsys):
-    """``python -m world_model.bench`` at a short horizon: the hybrid's carried state is the
+    """``python -m world_model.bench_streaming`` at a short horizon: the hybrid's carried state is the
     same size late as early, the unbounded baseline's grows, and every figure is printed."""
-    from world_model.bench import main
+    from world_model.bench_streaming import main
 
     assert main(["--chunks", "12", "--steps", "1", "--repeats", "1", "--batch-sizes", "1",
                  "--throughput-chunks", "2"]) == 0

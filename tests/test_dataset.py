@@ -14,19 +14,13 @@ import torch
 from safetensors.numpy import load_file
 from torch.utils.data import DataLoader
 
-import world_model.data.writer as writer
-from sanawm_gym.geometry import intrinsics_from_fov, is_rigid, pose_from_yaw_pitch
+import sanawm_gym.dataset as writer
+from world_model.geometry import intrinsics_from_fov, is_rigid, pose_from_yaw_pitch
 from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
 from sanawm_gym.reference_world import generate_scene
-from world_model.data import (
-    MANIFEST,
-    ExternalPosedClips,
-    PosedVideoDataset,
-    clip_seeds,
-    main,
-    open_dataset,
-    write_dataset,
-)
+from sanawm_gym.reference_world.collision import obstacle_sweep
+from sanawm_gym.dataset import clip_seeds, main, write_dataset
+from world_model.data import MANIFEST, ExternalPosedClips, PosedVideoDataset, open_dataset
 
 SIZE = dict(frames_per_clip=10, height=16, width=16, clips_per_shard=2, progress=False)
 NUM_CLIPS = 5
@@ -87,7 +81,7 @@ def test_clip_is_its_scene_and_actions(dataset_dir):
         pose = data["c2w"][i, 0].astype(np.float64)
         poses = [pose[None]]
         for action in data["actions"][i]:
-            chunk = move_chunk(poses[-1][-1], action_to_twist(action, motion), motion, scene)
+            chunk = move_chunk(poses[-1][-1], action_to_twist(action, motion), motion, obstacle_sweep(scene))
             assert not chunk.collided
             poses.append(chunk.poses)
         np.testing.assert_allclose(np.concatenate(poses)[:10], data["c2w"][i], atol=1e-5)

@@ -1,4 +1,4 @@
-"""Tests for :mod:`sanawm_gym.geometry` (SE(3), pinhole cameras, Plücker maps, camera metrics).
+"""Tests for :mod:`world_model.geometry` (SE(3), pinhole cameras, Plücker maps, camera metrics).
 
 Every check is against an independent reference: ``scipy.linalg.expm`` for the exponential
 map, ``numpy.linalg.inv`` for inverses, literal per-pixel loops for the ray maps and
@@ -18,7 +18,7 @@ import scipy.linalg
 import torch
 from scipy.spatial.transform import Rotation
 
-from sanawm_gym.geometry import (
+from world_model.geometry import (
     CameraErrors,
     c2w_to_w2c,
     camera_errors,
@@ -36,7 +36,7 @@ from sanawm_gym.geometry import (
     scale_intrinsics,
     w2c_to_c2w,
 )
-from sanawm_gym.geometry._arrays import accepts_numpy
+from world_model.geometry._arrays import accepts_numpy
 
 DTYPES = [np.float64, np.float32]
 BATCH_SHAPES = [(), (5,), (2, 3)]

@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import sanawm_gym  # noqa: F401
 from policies import GoalSeekingPolicy
 from sanawm_gym.envs import ReferenceNavEnv
-from sanawm_gym.geometry import pose_from_yaw_pitch
+from world_model.geometry import pose_from_yaw_pitch
 from sanawm_gym.reference_world.collision import signed_distance
 
 IDS = ["SanaWM/ReferenceNav-v0", "SanaWM/ReferenceNavPlanar-v0"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sanawm_gym.geometry import intrinsics_from_fov, look_at, pixel_rays, pose_from_yaw_pitch
+from world_model.geometry import intrinsics_from_fov, look_at, pixel_rays, pose_from_yaw_pitch
 from sanawm_gym.reference_world import OBJECT_KINDS, SceneConfig, generate_scene, render
 from sanawm_gym.reference_world.collision import segment_collision, signed_distance
 from sanawm_gym.reference_world.raycast import trace

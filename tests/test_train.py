@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from world_model.autoencoder import load_autoencoder
 from world_model.checkpoint import read_pretrained_config
-from world_model.data import write_dataset
+from sanawm_gym.dataset import write_dataset
 from world_model.train import main
 from world_model.train.config import TrainConfig
 from world_model.train.schedule import ema_decay_at, lr_at, step_seed

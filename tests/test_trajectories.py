@@ -10,7 +10,7 @@ import pytest
 
 from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
 from sanawm_gym.reference_world import generate_scene
-from sanawm_gym.reference_world.collision import signed_distance
+from sanawm_gym.reference_world.collision import obstacle_sweep, signed_distance
 from sanawm_gym.reference_world.trajectories import (
     BEHAVIOURS,
     BehaviourMix,
@@ -67,7 +67,7 @@ def test_poses_are_move_chunk_integration_without_collision(batch):
     for scene, traj in batch:
         pose = traj.c2w[0]
         for s, action in enumerate(traj.actions):
-            chunk = move_chunk(pose, action_to_twist(action, MOTION), MOTION, scene)
+            chunk = move_chunk(pose, action_to_twist(action, MOTION), MOTION, obstacle_sweep(scene))
             assert not chunk.collided, (scene.seed, s)
             np.testing.assert_array_equal(chunk.poses, traj.c2w[1 + s * K : 1 + (s + 1) * K])
             pose = chunk.poses[-1]

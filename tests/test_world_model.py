@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sanawm_gym.geometry import exp_se3, intrinsics_from_fov
+from world_model.geometry import exp_se3, intrinsics_from_fov
 from world_model.autoencoder import Autoencoder, AutoencoderConfig
 from world_model.checkpoint import CheckpointError, save_pretrained
 from world_model.model import WorldModelBackbone, WorldModelConfig, state_nbytes
@@ -121,7 +121,7 @@ def test_bad_inputs(wm):
 
 
 def test_teacher_stage_trains_resumes_and_exports_a_loadable_world_model(tmp_path, monkeypatch):
-    from world_model.data import write_dataset
+    from sanawm_gym.dataset import write_dataset
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
     data = write_dataset(tmp_path / "data", num_clips=6, frames_per_clip=9, height=32, width=32, seed=0, progress=False)
@@ -152,7 +152,7 @@ def test_teacher_init_from_copies_every_fitting_tensor(wm, tmp_path, monkeypatch
     """``--init-from`` warm start: from a world-model folder or a backbone folder, every
     tensor whose name and shape match is copied; after a change of latent channels only the
     latent projections start fresh."""
-    from world_model.data import write_dataset
+    from sanawm_gym.dataset import write_dataset
     from world_model.train.config import TrainConfig
     from world_model.train.stages.teacher import TeacherStage, TeacherStageConfig
     from world_model.world_model import load_backbone
@@ -187,7 +187,7 @@ def test_teacher_latent_cache_follows_the_autoencoders_normalisation(wm, tmp_pat
     """The encoded training clips are cached per autoencoder: the same weights with another
     latent normalisation (config only) are encoded again, not served from the stale cache;
     a world-model folder is accepted as ``--autoencoder``."""
-    from world_model.data import write_dataset
+    from sanawm_gym.dataset import write_dataset
     from world_model.train.config import TrainConfig
     from world_model.train.stages.teacher import TeacherStage, TeacherStageConfig
 
@@ -208,7 +208,7 @@ def test_teacher_latent_cache_follows_the_autoencoders_normalisation(wm, tmp_pat
 
 
 def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):
-    from world_model.evaluate import main
+    from sanawm_gym.fidelity import main
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
     wm.save_pretrained(tmp_path / "wm")
@@ -229,7 +229,7 @@ def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypat
 
 
 def test_clip_margins_compare_each_clip_with_its_better_baseline():
-    from world_model.evaluate import clip_margins
+    from sanawm_gym.fidelity import clip_margins
 
     report = {"clips_model_2s": [20.0, 18.0, 25.0, 17.0], "clips_no_camera_2s": [15.0, 19.0, 15.0, 16.0],
               "clips_first_frame_2s": [19.0, 17.0, 48.13, 17.0]}
@@ -239,8 +239,8 @@ def test_clip_margins_compare_each_clip_with_its_better_baseline():
 
 def test_evaluate_command_autoencoder_reports_reconstruction(wm, tmp_path, monkeypatch, capsys):
     from world_model.data import PosedVideoDataset
-    from world_model.evaluate import main
-    from world_model.evaluation import evaluate_reconstruction
+    from sanawm_gym.fidelity import main
+    from world_model.scoring import evaluate_reconstruction
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
     wm.save_pretrained(tmp_path / "wm")
@@ -280,8 +280,9 @@ def test_trained_world_models_follow_the_camera(folder, tmp_path, monkeypatch):
     and, on fresh held-out clips, beat both baselines 1 s ahead by a clear margin (measured
     on these 4 clips at 2 sampler steps, model / first frame / camera off: shipped 21.2 /
     17.9 / 14.5 dB, 32ch 21.3 / 17.9 / 15.9 dB)."""
-    from world_model.data import PosedVideoDataset, write_dataset
-    from world_model.evaluation import evaluate_rollouts
+    from sanawm_gym.dataset import write_dataset
+    from world_model.data import PosedVideoDataset
+    from world_model.scoring import evaluate_rollouts
 
     monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
     wm = WorldModel.from_pretrained(folder)

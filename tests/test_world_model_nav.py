@@ -12,7 +12,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import sanawm_gym  # noqa: F401
-from sanawm_gym.geometry import pose_from_yaw_pitch
+from world_model.geometry import pose_from_yaw_pitch
 from world_model.autoencoder import Autoencoder, AutoencoderConfig
 from world_model.model import WorldModelBackbone, WorldModelConfig
 from world_model.world_model import WorldModel

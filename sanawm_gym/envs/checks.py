@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sanawm_gym.geometry import is_rigid
+from world_model.geometry import is_rigid
 
 __all__ = ["check_goal", "check_image", "check_options", "check_pose"]
 

@@ -8,12 +8,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sanawm_gym.geometry import intrinsics_from_fov, pose_from_yaw_pitch
+from world_model.geometry import intrinsics_from_fov, pose_from_yaw_pitch
 from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
 from sanawm_gym.envs.actions import make_action_space, to_body_action
 from sanawm_gym.envs.checks import check_goal, check_options, check_pose
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
-from sanawm_gym.reference_world.collision import signed_distance
+from sanawm_gym.reference_world.collision import obstacle_sweep, signed_distance
 from sanawm_gym.tasks import GOAL_OBS_HIGH, GOAL_OBS_LOW, PointGoalConfig, goal_observation, sample_goal, score_step
 
 __all__ = ["ReferenceNavEnv"]
@@ -133,6 +133,7 @@ class ReferenceNavEnv(gym.Env):
             raise ValueError(f"scene_seed must be a non-negative integer, got {scene_seed!r}")
         if self.scene is None or self._scene_seed != int(scene_seed):
             self.scene = generate_scene(int(scene_seed), self.scene_config)
+            self._sweep = obstacle_sweep(self.scene)
             self._scene_seed = int(scene_seed)
         sample = sample_goal(self.scene, self.np_random, self.task, self.motion.camera_radius)
         self.pose = pose_from_yaw_pitch(sample.start, sample.yaw, 0.0)
@@ -155,7 +156,7 @@ class ReferenceNavEnv(gym.Env):
         if self.scene is None:
             raise RuntimeError("call reset() before step()")
         body, clipped = to_body_action(action, self.action_mode)
-        motion = move_chunk(self.pose, action_to_twist(body, self.motion), self.motion, self.scene)
+        motion = move_chunk(self.pose, action_to_twist(body, self.motion), self.motion, self._sweep)
         self.chunk_poses = motion.poses
         self.pose = motion.poses[-1]
         self.path_length += motion.distance

@@ -23,7 +23,7 @@ from gymnasium.vector.utils import batch_space
 
 from sanawm_gym.envs.actions import make_action_space, to_body_action
 from sanawm_gym.envs.checks import check_goal, check_image, check_options, check_pose
-from sanawm_gym.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
+from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
 from sanawm_gym.kinematics import MotionConfig, action_to_twist
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
 from sanawm_gym.tasks import GOAL_OBS_HIGH, GOAL_OBS_LOW, PointGoalConfig, goal_observation, sample_goal, score_step

@@ -12,10 +12,10 @@ from typing import NamedTuple
 
 import torch
 
-from sanawm_gym.geometry._arrays import accepts_numpy
+from world_model.geometry._arrays import accepts_numpy
 from sanawm_gym.reference_world.scene import Scene
 
-__all__ = ["SegmentHit", "signed_distance", "segment_collision"]
+__all__ = ["SegmentHit", "obstacle_sweep", "signed_distance", "segment_collision"]
 
 
 def _sdf_f32(scene: Scene, p: torch.Tensor) -> torch.Tensor:
@@ -73,3 +73,14 @@ def segment_collision(scene: Scene, start: torch.Tensor, end: torch.Tensor, radi
     first = torch.where(collided, touching.float().argmax(-1), torch.full_like(length, n, dtype=torch.int64))
     free = ((first - 1).clamp_min(0).float() / (n - 1)).where(collided, torch.ones_like(length))
     return SegmentHit(collided.reshape(shape), free.reshape(shape).to(start.dtype))
+
+
+def obstacle_sweep(scene: Scene):
+    """The scene's exact geometry as a :data:`sanawm_gym.kinematics.Sweep` for
+    :func:`~sanawm_gym.kinematics.move_chunk`: ``sweep(starts (K, 3), ends (K, 3), radius)
+    -> (K,) bool``."""
+
+    def sweep(starts, ends, radius: float):
+        return segment_collision(scene, starts, ends, radius).collided
+
+    return sweep

@@ -23,8 +23,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from sanawm_gym.geometry import pixel_rays
-from sanawm_gym.geometry._arrays import accepts_numpy
+from world_model.geometry import pixel_rays
+from world_model.geometry._arrays import accepts_numpy
 from sanawm_gym.reference_world.scene import PRIMITIVE_OFFSETS, Pattern, Scene
 
 __all__ = ["FAR", "RAY_CHUNK", "RenderOutput", "cast_rays", "render", "render_backend"]

@@ -49,7 +49,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from sanawm_gym.geometry import exp_se3, pose_from_yaw_pitch
+from world_model.geometry import exp_se3, pose_from_yaw_pitch
 from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
 from sanawm_gym.reference_world.collision import segment_collision, signed_distance
 from sanawm_gym.reference_world.scene import Scene

@@ -16,6 +16,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
+from sanawm_gym.reference_world.collision import signed_distance
+
 __all__ = [
     "GOAL_OBS_HIGH",
     "GOAL_OBS_LOW",
@@ -104,8 +106,6 @@ class GoalSample(NamedTuple):
 
 
 def _free_grid(scene, height: float, clearance: float, res: float) -> tuple[np.ndarray, np.ndarray]:
-    from sanawm_gym.reference_world.collision import signed_distance
-
     half = scene.arena_half
     axis = np.arange(-half + res / 2, half, res)
     xx, yy = np.meshgrid(axis, axis, indexing="ij")

@@ -1,21 +1,17 @@
-"""Posed-video data: the reference-world dataset writer and the datasets that read it (and
-external posed clips) for training. ``python -m world_model.data --help`` writes one."""
+"""Posed-video data: the datasets that read posed clips for training and scoring (the
+reference world's sharded sets, written by ``sanawm-gym dataset``, and external posed
+clips in SANA-WM's benchmark layout). This package reads clips; it renders none."""
 
 from world_model.data.dataset import ClipRead, ExternalPosedClips, PosedClipDataset, PosedVideoDataset, open_dataset
 from world_model.data.layout import FORMAT, FORMAT_VERSION, MANIFEST
-from world_model.data.writer import DatasetConfig, clip_seeds, main, write_dataset
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
     "ClipRead",
-    "DatasetConfig",
     "ExternalPosedClips",
     "PosedClipDataset",
     "PosedVideoDataset",
-    "clip_seeds",
-    "main",
     "open_dataset",
-    "write_dataset",
 ]

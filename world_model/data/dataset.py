@@ -5,7 +5,7 @@ share: the crop (``clip_frames`` consecutive frames; where it starts depends onl
 ``(seed, epoch, index)``), the conversion to model tensors and the checks. A source only
 says how long each clip is and reads a range of frames.
 
-- :class:`PosedVideoDataset` reads the shards of :mod:`world_model.data.writer` lazily
+- :class:`PosedVideoDataset` reads the shards of :mod:`sanawm_gym.dataset` lazily
   (``safetensors.safe_open``: memory-mapped, only the crop is read);
 - :class:`ExternalPosedClips` reads a folder of clips in the SANA-WM benchmark layout;
 - :func:`open_dataset` picks one from what the folder holds.
@@ -37,7 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 
-from sanawm_gym.geometry import is_rigid
+from world_model.geometry import is_rigid
 from world_model.data.layout import MANIFEST, file_sha256, read_manifest
 
 __all__ = ["ClipRead", "ExternalPosedClips", "PosedClipDataset", "PosedVideoDataset", "open_dataset"]
@@ -226,10 +226,10 @@ def _load_manifest(root: Path) -> dict[str, Any]:
         raise ValueError(f"{root}: no such folder")
     manifest = read_manifest(root)
     if manifest is None:
-        raise ValueError(f"{root / MANIFEST}: missing; {root} is not a dataset written by `python -m world_model.data`")
+        raise ValueError(f"{root / MANIFEST}: missing; {root} is not a dataset written by `sanawm-gym dataset`")
     if not manifest.get("complete"):
         raise ValueError(f"{root}: unfinished dataset ({manifest.get('clips_written', 0)} of "
-                         f"{manifest.get('num_clips', '?')} clips written); run `python -m world_model.data` "
+                         f"{manifest.get('num_clips', '?')} clips written); run `sanawm-gym dataset` "
                          "again with the same arguments to finish it")
     return manifest
 

@@ -1,5 +1,5 @@
 """The on-disk layout of a posed-video dataset: file names, the manifest, checksums, and
-atomic writes. Shared by the writer and the reader; see :mod:`world_model.data.writer`."""
+atomic writes. Shared by the writer and the reader; see :mod:`sanawm_gym.dataset`."""
 
 from __future__ import annotations
 

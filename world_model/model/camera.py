@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from sanawm_gym.geometry import invert_se3, pixel_rays, plucker_map, scale_intrinsics
+from world_model.geometry import invert_se3, pixel_rays, plucker_map, scale_intrinsics
 
 __all__ = ["CameraInputs", "camera_inputs", "latent_frame_of_raw", "raw_frames_for_latents"]
 

@@ -24,7 +24,7 @@ class TrainConfig:
     stage: str = "autoencoder"
     """Which stage to train (see ``world_model.train.stages.STAGES``)."""
     data: str = ""
-    """Training dataset folder (``python -m world_model.data``)."""
+    """Training dataset folder (``sanawm-gym dataset``)."""
     heldout: str = ""
     """Held-out dataset folder for evaluation (another seed); empty: no evaluation."""
     out: str = "runs/ae"

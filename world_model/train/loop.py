@@ -55,7 +55,7 @@ from world_model.checkpoint import (
 )
 from world_model.train import distributed
 from world_model.train.config import RESUMABLE_FIELDS, TrainConfig, config_differences
-from world_model.train.plots import plot_history
+from world_model.plots import plot_history
 from world_model.train.schedule import ema_decay_at, lr_at, step_seed
 from world_model.train.stage import Batch, Stage
 

@@ -25,7 +25,7 @@ from world_model.autoencoder import Autoencoder, AutoencoderConfig
 from world_model.autoencoder.losses import LossWeights, reconstruction_loss
 from world_model.checkpoint import copy_matching_tensors, save_pretrained
 from world_model.data import PosedVideoDataset
-from world_model.evaluation import evaluate_reconstruction
+from world_model.scoring import evaluate_reconstruction
 from world_model.train.stage import Batch, Logs, Stage
 
 __all__ = ["AutoencoderObjective", "AutoencoderStage", "AutoencoderStageConfig", "initialise_from", "latent_statistics",

@@ -37,7 +37,7 @@ from world_model.checkpoint import config_differences, copy_matching_tensors, sa
 from world_model.data import PosedVideoDataset
 from world_model.diffusion import FlowMatchingConfig, flow_matching_loss
 from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs
-from world_model.evaluation import evaluate_rollouts, save_horizon_plot
+from world_model.scoring import evaluate_rollouts, save_horizon_plot
 from world_model.train.stage import Batch, Logs, Stage
 from world_model.world_model import component_folder, load_backbone
 

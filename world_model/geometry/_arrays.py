@@ -1,6 +1,6 @@
 """numpy-in / numpy-out support for the torch geometry functions.
 
-Every function in :mod:`sanawm_gym.geometry` is written once, in torch. The env keeps poses
+Every function in :mod:`world_model.geometry` is written once, in torch. The env keeps poses
 as float64 numpy arrays and the model as float32 tensors, so :func:`accepts_numpy` lets a
 function take either: numpy arguments are viewed as tensors (no copy on CPU) and the
 tensors it returns are given back as numpy arrays of the same dtype.

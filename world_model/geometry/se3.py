@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sanawm_gym.geometry._arrays import accepts_numpy
+from world_model.geometry._arrays import accepts_numpy
 
 __all__ = [
     "hat",

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from sanawm_gym.geometry._arrays import accepts_numpy
-from sanawm_gym.geometry.se3 import relative_to_first
+from world_model.geometry._arrays import accepts_numpy
+from world_model.geometry.se3 import relative_to_first
 
 __all__ = ["CameraErrors", "camera_errors", "rotation_angle_deg"]
 

@@ -1,8 +1,8 @@
 """Evaluate a world-model checkpoint on held-out reference-world clips.
 
-    python -m world_model.evaluate                          # the shipped checkpoint, a fresh 60 s held-out set
-    python -m world_model.evaluate --model runs/teacher/final --data /tmp/heldout60 --clips 4
-    python -m world_model.evaluate --autoencoder --data /tmp/dsval --clips 32 --seconds 2 --seed 1000
+    sanawm-gym fidelity                          # the shipped checkpoint, a fresh 60 s held-out set
+    sanawm-gym fidelity --model runs/teacher/final --data /tmp/heldout60 --clips 4
+    sanawm-gym fidelity --autoencoder --data /tmp/dsval --clips 32 --seconds 2 --seed 1000
 
 Writes (atomically) a held-out set of ``--clips`` clips of ``--seconds`` seconds if
 ``--data`` does not hold one yet (seed ``--seed``, never a training seed), generates each
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sanawm_gym.dataset import write_dataset
 from world_model.autoencoder import load_autoencoder
-from world_model.data import PosedVideoDataset, write_dataset
-from world_model.evaluation import (
+from world_model.data import PosedVideoDataset
+from world_model.scoring import (
     FPS,
     PSNR_CAP,
     evaluate_reconstruction,
@@ -39,7 +40,7 @@ __all__ = ["clip_margins", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m world_model.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="sanawm-gym fidelity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
     p.add_argument("--data", type=Path, default=Path("outputs/heldout60"), help="held-out dataset folder")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 def clip_margins(report: dict, horizon_s: float) -> np.ndarray:
     """``(N,)`` per clip at ``horizon_s``: the model's PSNR minus the better of the two
     baselines' on that clip (the ``clips_*`` lists of
-    :func:`world_model.evaluation.evaluate_rollouts`)."""
+    :func:`world_model.scoring.evaluate_rollouts`)."""
     model, camera_off, first = (np.asarray(report[f"clips_{n}_{horizon_s:g}s"]) for n in
                                 ("model", "no_camera", "first_frame"))
     return model - np.maximum(camera_off, first)

@@ -28,9 +28,9 @@ the manifest is rewritten after every shard. Running the same command again chec
 shards listed in the manifest (size and sha256), keeps the valid ones and writes the rest;
 a larger ``num_clips`` extends the dataset. A different config raises ``ValueError``.
 
-Command line (``python -m world_model.data``)::
+Command line (``sanawm-gym dataset``)::
 
-    python -m world_model.data --out data/ref64 --clips 1000 --frames 65 --height 64 --width 64 --seed 0
+    sanawm-gym dataset --out data/ref64 --clips 1000 --frames 65 --height 64 --width 64 --seed 0
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sanawm_gym.geometry import intrinsics_from_fov
+from world_model.geometry import intrinsics_from_fov
 from sanawm_gym.kinematics import MotionConfig
 from sanawm_gym.reference_world import WORLD_VERSION, SceneConfig, generate_scene, render, render_backend
 from sanawm_gym.reference_world.trajectories import TrajectoryConfig, generate_trajectory
@@ -276,9 +276,9 @@ def _json(data: dict[str, Any]) -> bytes:
 
 # ---------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m world_model.data --out DIR --clips N --frames F ...``; returns the exit
+    """``sanawm-gym dataset --out DIR --clips N --frames F ...``; returns the exit
     status (0), or exits with status 2 and the message on a ``ValueError``."""
-    parser = argparse.ArgumentParser(prog="python -m world_model.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="sanawm-gym dataset", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="dataset folder (created; resumed if it holds the same config)")
     parser.add_argument("--clips", type=int, required=True, help="number of clips")
     parser.add_argument("--frames", type=int, required=True, help="frames per clip, the start pose included")

@@ -4,7 +4,7 @@ Each held-out clip is generated from its first frame along its true camera path 
 few-step sampling, the state carried across chunks) and compared frame by frame with the
 reference render, beside two baselines on the same clips: the first frame repeated, and the
 same model with its camera conditioning off. Used by the teacher stage's periodic
-evaluation and by ``python -m world_model.evaluate`` for the shipped checkpoint's report.
+evaluation and by ``sanawm-gym fidelity`` for the shipped checkpoint's report.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from world_model.autoencoder.losses import psnr, ssim
 from world_model.diffusion import sampling_times
 from world_model.generation import rollout_latents
 from world_model.model import WorldModelBackbone, camera_inputs
-from world_model.train.plots import plot_curves, save_png, video_grid
+from world_model.plots import plot_curves, save_png, video_grid
 
 __all__ = ["FPS", "PSNR_CAP", "evaluate_reconstruction", "evaluate_rollouts", "save_horizon_plot"]
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from sanawm_gym.geometry._arrays import accepts_numpy
+from world_model.geometry._arrays import accepts_numpy
 
 __all__ = ["intrinsics_from_fov", "look_at", "pixel_rays", "plucker_map", "pose_from_yaw_pitch", "scale_intrinsics"]
 

@@ -2,8 +2,8 @@
 one-minute rollout, beside a same-size all-softmax baseline with an unbounded cache, and
 frames/s at batch 1 and 16 in float32 and bf16 autocast.
 
-    python -m world_model.bench              # the tiny default config, random weights
-    python -m world_model.bench --chunks 240 --batch-sizes 1 16
+    python -m world_model.bench_streaming              # the tiny default config, random weights
+    python -m world_model.bench_streaming --chunks 240 --batch-sizes 1 16
 
 Timing does not depend on the weights, so the default uses a freshly initialised
 backbone (the shipped checkpoint's architecture). The rollout keeps copies of the states
@@ -101,7 +101,7 @@ def _time_chunks(model: WorldModelBackbone, states: dict[int, StreamState], repe
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m world_model.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m world_model.bench_streaming", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunks", type=int, default=240, help="chunks in the rollout (240 = one minute at 4 chunks/s)")
     p.add_argument("--steps", type=int, default=4, help="sampler steps per chunk")

@@ -1,6 +1,6 @@
 """Pose and camera math shared by the reference world, the envs and the world model."""
 
-from sanawm_gym.geometry.camera import (
+from world_model.geometry.camera import (
     intrinsics_from_fov,
     look_at,
     pixel_rays,
@@ -8,8 +8,8 @@ from sanawm_gym.geometry.camera import (
     pose_from_yaw_pitch,
     scale_intrinsics,
 )
-from sanawm_gym.geometry.metrics import CameraErrors, camera_errors, rotation_angle_deg
-from sanawm_gym.geometry.se3 import (
+from world_model.geometry.metrics import CameraErrors, camera_errors, rotation_angle_deg
+from world_model.geometry.se3 import (
     c2w_to_w2c,
     exp_se3,
     exp_so3,
