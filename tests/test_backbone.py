@@ -223,9 +223,9 @@ def test_unbounded_cache_baseline_grows_and_streams_like_the_full_pass():
 
 
 def test_rows_at_different_positions_match_single_row_runs():
-    """A batched env resets rows independently: a row reset mid-stream (scatter_rows with a
+    """A batched env resets rows independently: a row reset mid-stream (``StreamState.with_rows`` with a
     fresh state) must then evolve exactly as if it ran alone from the start."""
-    from world_model.model.state import init_state, scatter_rows
+    from world_model.model.state import init_state
 
     cfg = dataclasses.replace(SMALL, chunk_frames=1)
     torch.manual_seed(0)
@@ -243,7 +243,7 @@ def test_rows_at_different_positions_match_single_row_runs():
         order1 = [0, 1, 2, 0, 1, 2]
         for j in range(T):
             if j == 3:
-                state = scatter_rows(state, torch.tensor([1]), init_state(cfg, 1))
+                state = state.with_rows(torch.tensor([1]), init_state(cfg, 1))
             idx = torch.tensor([j, order1[j]])
             batch_lat = torch.stack([lat[0, idx[0]], lat[1, idx[1]]])[:, None]
             batch_t = torch.stack([t[0, idx[0]], t[1, idx[1]]])[:, None]

@@ -97,7 +97,7 @@ def test_forward_and_turn_kinematics():
     env.reset(seed=0)
     spot = open_spot(env)
     start = pose_from_yaw_pitch(spot, 0.3, 0.0)
-    env.reset(seed=0, options={"pose": start, "goal": spot + np.array([0.0, 0.0, 0.5])})
+    env.reset(seed=0, options={"pose": start, "goal": spot + np.array([0.0, 0.0, 0.6])})
     _, _, _, _, info = env.step(np.array([1.0, 0.0], np.float32))  # 1 m/s for 0.25 s
     np.testing.assert_allclose(info["pose"][:3, 3], spot + 0.25 * start[:3, 2], atol=1e-9)
     assert not info["collided"] and info["path_length"] == pytest.approx(0.25)
@@ -252,3 +252,50 @@ def test_scripted_policy_success_rate_over_50_seeds():
                 break
         successes += info["success"]
     assert successes >= 35
+
+
+def test_snapshots_restore_the_episode_and_its_generator(tmp_path):
+    env = gym.make("SanaWM/ReferenceNav-v0")
+    env.reset(seed=4)
+    env.step(np.array([0, 0, 0.5, 0, 0.2, 0], np.float32))
+    snap = env.unwrapped.get_state()
+    env.unwrapped.save_state(tmp_path / "ref")
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 6)).astype(np.float32)
+    first = [env.step(a) for a in actions]
+    next_reset = env.reset()[1]["pose"]  # draws from the env's generator
+    for restore in (lambda e: e.unwrapped.set_state(snap), lambda e: e.unwrapped.load_state(tmp_path / "ref.json")):
+        other = gym.make("SanaWM/ReferenceNav-v0")
+        other.reset(seed=99)
+        restore(other)
+        again = [other.step(a) for a in actions]
+        for (o1, r1, *_, i1), (o2, r2, *_, i2) in zip(first, again):
+            np.testing.assert_array_equal(o1["rgb"], o2["rgb"])
+            assert r1 == r2 and i1["path_length"] == i2["path_length"] and i1["scene_seed"] == i2["scene_seed"]
+        np.testing.assert_array_equal(other.reset()[1]["pose"], next_reset)
+    with pytest.raises(ValueError, match="ReferenceSnapshot"):
+        env.unwrapped.set_state({"pose": np.eye(4)})
+    import dataclasses
+
+    with pytest.raises(ValueError, match="finite"):
+        env.unwrapped.set_state(dataclasses.replace(snap, goal=np.array([np.nan, 0, 0])))
+    with pytest.raises(RuntimeError, match="reset"):
+        gym.make("SanaWM/ReferenceNav-v0").unwrapped.get_state()
+
+
+def test_goal_at_the_camera_or_inside_an_obstacle_is_refused():
+    env = gym.make("SanaWM/ReferenceNav-v0")
+    _, info = env.reset(seed=0)
+    with pytest.raises(ValueError, match="within goal_radius"):
+        env.reset(seed=0, options={"goal": info["pose"][:3, 3]})
+    with pytest.raises(ValueError, match="outside the arena"):
+        env.reset(seed=0, options={"goal": [0.0, 0.0, 50.0]})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fov_deg": 0}, "fov_deg"), ({"fov_deg": 180}, "fov_deg"), ({"render_height": 0}, "render_height"),
+    ({"render_width": "64"}, "render_width"), ({"width": 64.0}, "width"), ({"scene_seed": -1}, "scene_seed"),
+    ({"motion": {}}, "motion"),
+])
+def test_bad_constructor_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gym.make("SanaWM/ReferenceNav-v0", **kwargs)

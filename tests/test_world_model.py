@@ -120,6 +120,70 @@ def test_bad_inputs(wm):
         wm.step(state, path(3)[None])
 
 
+@pytest.mark.parametrize("change, match", [
+    (lambda c2w, K: (np.where(np.arange(4) == 0, np.nan, 1.0) * c2w, K), "c2w must be finite"),
+    (lambda c2w, K: (c2w * np.array([2.0, 1.0, 1.0, 1.0])[:, None], K), "c2w must be rigid.*matrix 0"),
+    (lambda c2w, K: (c2w, K * np.nan), "intrinsics must be finite"),
+    (lambda c2w, K: (c2w, K * np.array([[-1.0], [1.0], [1.0]])), "focal lengths.*> 0"),
+    (lambda c2w, K: (c2w, np.diag([20.0, 20.0, 0.0])), "pinhole.*not singular"),
+])
+def test_generate_video_refuses_bad_cameras(wm, change, match):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    c2w, K = change(path(5), K)
+    with pytest.raises(ValueError, match=match):
+        wm.generate_video(first_frame(), c2w, K)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 1.5, "2", True])
+def test_steps_must_be_a_positive_integer(wm, steps):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 1"):
+        wm.generate_video(first_frame(), path(5), K, steps=steps)
+    _, state = wm.init_state(first_frame()[None], path(1), K[None])
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 1"):
+        wm.step(state, path(4)[None], steps=steps)
+
+
+def test_step_refuses_non_rigid_chunks_and_init_refuses_bad_intrinsics(wm):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    _, state = wm.init_state(first_frame()[None], path(1), K[None])
+    bad = path(4)[None].copy()
+    bad[0, 2, :3, :3] *= 1.5
+    with pytest.raises(ValueError, match="c2w_chunk must be rigid.*matrix 2"):
+        wm.step(state, bad)
+    with pytest.raises(ValueError, match="focal"):
+        wm.init_state(first_frame()[None], path(1), -K[None])
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(wm, tmp_path):
+    bad = tiny_world_model()
+    with torch.no_grad():
+        bad.backbone.final.bias[0] = float("inf")
+    bad.save_pretrained(tmp_path / "wm")
+    with pytest.raises(CheckpointError, match=r"backbone.*non-finite.*final\.bias"):
+        WorldModel.from_pretrained(tmp_path / "wm")
+
+
+def test_world_state_rows_select_replace_and_clone(wm):
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    frames = np.stack([first_frame(0), first_frame(1), first_frame(2)])
+    _, state = wm.init_state(frames, np.repeat(path(1), 3, 0), np.repeat(K[None], 3, 0))
+    row = state.select([2])
+    assert row.batch_size == 1 and state.batch_size == 3
+    _, single = wm.init_state(frames[2:], path(1), K[None])
+    for k, v in row.tensors().items():
+        torch.testing.assert_close(v, single.tensors()[k], rtol=1e-5, atol=1e-6)
+    swapped = state.with_rows([0], row)
+    for k, v in swapped.tensors().items():
+        torch.testing.assert_close(v[0], state.tensors()[k][2])
+        torch.testing.assert_close(v[1:], state.tensors()[k][1:])
+    copy = state.clone()
+    copy.reference += 1
+    assert not torch.equal(copy.reference, state.reference)
+    rebuilt = state.from_tensors(state.tensors(), state.decode.latent_frames)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.tensors().values(), state.tensors().values()))
+
+
 def test_teacher_stage_trains_resumes_and_exports_a_loadable_world_model(tmp_path, monkeypatch):
     from sanawm_gym.dataset import write_dataset
 

@@ -3,6 +3,7 @@ the batched vector env, bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import gymnasium as gym
@@ -79,10 +80,10 @@ def test_bfloat16_precision_is_deterministic_and_close_to_float32(model):
     a, _ = rollout(make(model, precision="bfloat16"), 7, actions)
     b, _ = rollout(make(model, precision="bfloat16"), 7, actions)
     np.testing.assert_array_equal(a, b)
-    f, _ = rollout(make(model), 7, actions)
+    f, _ = rollout(make(model, precision="float32"), 7, actions)
     diff = np.abs(a.astype(np.int16) - f.astype(np.int16))
     assert 0 < diff.max() and diff.mean() < 3.0  # bf16 changes the frames, but only slightly
-    with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16'\), got 'fp8'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \('auto', 'float32', 'bfloat16'\), got 'fp8'"):
         make(model, precision="fp8")
 
 
@@ -97,7 +98,7 @@ def test_compiled_model_passes_match_eager_and_stay_deterministic(model):
     c = np.stack([env.step(x)[0]["rgb"] for x in actions])
     np.testing.assert_array_equal(a[1:], b)  # deterministic under a seed ...
     np.testing.assert_array_equal(b, c)  # ... and after restoring a snapshot
-    f, _ = rollout(make(model), 7, actions)
+    f, _ = rollout(make(model, precision=env.unwrapped.core.precision), 7, actions)
     assert np.abs(a.astype(np.int16) - f.astype(np.int16)).max() <= 1  # eager up to float rounding
     with pytest.raises(ValueError, match="compile must be True or False, got 'yes'"):
         make(model, compile="yes")
@@ -187,3 +188,191 @@ def test_reference_frames_and_chunk_mode(model):
     pose = pose_from_yaw_pitch(np.array([0.0, 0.0, 1.0]), 0.0, 0.0)
     _, info = env.reset(seed=1, options={"pose": pose})
     np.testing.assert_array_equal(info["pose"], pose)
+
+
+# ---------------------------------------------------------------------------- hardened edges
+def test_nav_and_reference_envs_reset_with_one_seed_give_one_episode(model):
+    """Train in imagination, evaluate on the same seeds in the reference world: paired."""
+    nav = make(model)
+    ref = gym.make("SanaWM/ReferenceNav-v0", height=32, width=32)
+    for seed in range(4):
+        _, a = nav.reset(seed=seed)
+        _, b = ref.reset(seed=seed)
+        assert a["scene_seed"] == b["scene_seed"]
+        np.testing.assert_array_equal(a["pose"], b["pose"])
+        np.testing.assert_array_equal(a["goal"], b["goal"])
+        assert a["geodesic_distance"] == b["geodesic_distance"]
+
+
+def test_config_object_and_keywords_and_bad_arguments(model):
+    from sanawm_gym.envs.world_model_nav import NavConfig
+
+    env = gym.make("SanaWM/Nav-v0", model=model, config=NavConfig(obs_mode="chunk", fov_deg=70.0), precision="float32")
+    cfg = env.unwrapped.config
+    assert (cfg.obs_mode, cfg.fov_deg, cfg.precision) == ("chunk", 70.0, "float32")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.fov_deg = 10.0
+    for kwargs, match in [({"fov_deg": 0}, "fov_deg"), ({"fov_deg": "90"}, "fov_deg"), ({"threads": 0}, "threads"),
+                          ({"obs_mode": "video"}, "obs_mode"), ({"reference_frames": 1}, "reference_frames"),
+                          ({"task": {}}, "task")]:
+        with pytest.raises(ValueError, match=match):
+            make(model, **kwargs)
+    with pytest.raises(TypeError, match="unknown argument.*'fovv'.*accepted"):
+        make(model, fovv=3)
+    for n in (0, -1, 2.5, "3"):
+        with pytest.raises(ValueError, match="num_envs"):
+            gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model)
+
+
+def test_precision_auto_picks_bf16_only_with_native_matrix_units(model, monkeypatch):
+    from world_model import world_model as wm_module
+
+    monkeypatch.setattr(wm_module.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(wm_module, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert wm_module.resolve_precision("auto") == "float32"  # AVX-512 BF16 alone: emulated matmuls, slower
+    assert make(model).unwrapped.core.precision == "float32"
+    monkeypatch.setattr(wm_module, "_cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
+    assert wm_module.resolve_precision("auto") == "bfloat16"
+    assert make(model).unwrapped.core.precision == "bfloat16"
+    assert wm_module.resolve_precision("float32") == "float32"
+
+
+def test_thread_default_is_one_for_small_batches(model):
+    from sanawm_gym.envs.world_model_nav import inference_threads
+
+    assert inference_threads(1) == 1 and inference_threads(15) == 1 and inference_threads(4, threads=2) == 2
+    assert inference_threads(16) >= 1
+    before = torch.get_num_threads()
+    try:
+        make(model, threads=2)
+        assert torch.get_num_threads() == 2
+        make(model)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_leaving_the_arena_or_the_ground_ends_the_episode(model):
+    env = make(model)
+    _, info = env.reset(seed=2)
+    start = info["pose"]
+    down = np.array([0, 1.0, 0, 0, 0, 0], np.float32)  # +y of an OpenCV camera points down
+    for step in range(1, 40):
+        _, reward, term, trunc, info = env.step(down)
+        if term:
+            break
+    assert term and info["out_of_bounds"] and not info["success"]
+    assert info["pose"][2, 3] < env.unwrapped.core.motion.camera_radius
+    assert step == int(np.ceil((start[2, 3] - 0.2) / 0.25 + 1e-9))  # 0.25 m per step
+    assert reward < -0.2  # the collision penalty
+    # A user image has no bounds unless the option gives them.
+    image = np.zeros((32, 32, 3), np.uint8)
+    env.reset(options={"image": image})
+    assert not any(env.step(down)[2] for _ in range(8))
+    env.reset(options={"image": image, "bounds": {"low": [-1, -1, 0.8], "high": [1, 1, 2]}})
+    assert [env.step(down)[4]["out_of_bounds"] for _ in range(2)] == [False, True]
+    with pytest.raises(ValueError, match="bounds.*contain the start"):
+        env.reset(options={"image": image, "bounds": {"low": [-1, -1, 1.5], "high": [1, 1, 2]}})
+    with pytest.raises(ValueError, match="'bounds' goes with 'image'"):
+        env.reset(seed=0, options={"bounds": {"low": [-1, -1, 0], "high": [1, 1, 2]}})
+
+
+def test_vector_env_terminates_rows_that_leave_the_bounds(model):
+    venv = gym.make_vec("SanaWM/Nav-v0", num_envs=2, vectorization_mode="vector_entry_point", model=model)
+    venv.reset(seed=2)
+    actions = np.array([[0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0, 0.3, 0]], np.float32)
+    for _ in range(12):
+        _, _, term, _, info = venv.step(actions)
+        if term[0]:
+            break
+    assert term[0] and info["out_of_bounds"][0] and not term[1]
+
+
+def test_goal_inside_an_obstacle_or_at_the_camera_is_refused(model):
+    from sanawm_gym.reference_world.collision import signed_distance
+
+    env = make(model)
+    _, info = env.reset(seed=0)
+    with pytest.raises(ValueError, match="goal.*from the camera, within goal_radius"):
+        env.reset(seed=0, options={"goal": info["pose"][:3, 3] + [0.1, 0, 0]})
+    scene = env.unwrapped.scene
+    # A point inside an object: search the arena's free-height band for negative clearance.
+    axis = np.linspace(-scene.arena_half + 0.3, scene.arena_half - 0.3, 41)
+    grid = np.stack(np.meshgrid(axis, axis, [0.5], indexing="ij"), -1).reshape(-1, 3)
+    inside = grid[np.argmin(signed_distance(scene, grid))]
+    assert signed_distance(scene, inside) < 0
+    with pytest.raises(ValueError, match="goal.*inside an obstacle"):
+        env.reset(seed=0, options={"goal": inside})
+    with pytest.raises(ValueError, match="goal.*outside the arena"):
+        env.reset(seed=0, options={"goal": [0.0, 0.0, -0.5]})
+    with pytest.raises(ValueError, match="goal.*outside the arena"):
+        env.reset(seed=0, options={"goal": [scene.arena_half + 3.0, 0.0, 1.0]})
+
+
+def test_snapshot_validation_names_what_does_not_fit(model):
+    env = make(model, precision="float32")
+    env.reset(seed=3)
+    env.step(env.action_space.sample())
+    snap = env.unwrapped.get_state()
+    assert snap.world.batch_size == 1
+    # float32 -> bfloat16 env of the same model: restores, the tensors converted.
+    bf = make(model, precision="bfloat16")
+    bf.reset(seed=1)
+    bf.unwrapped.set_state(snap)
+    assert bf.step(np.zeros(6, np.float32))[0]["rgb"].shape == (32, 32, 3)
+    bad = dataclasses.replace(snap, world=snap.world.clone())
+    bad.world.stream.blocks[0].S[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        env.unwrapped.set_state(bad)
+    bad = dataclasses.replace(snap, world=snap.world.clone())
+    bad.world.stream.frame_index = bad.world.stream.frame_index.float()
+    with pytest.raises(ValueError, match="frame_index.*only floating-point precisions convert"):
+        env.unwrapped.set_state(bad)
+    with pytest.raises(ValueError, match="intrinsics differ"):
+        _restore(make(model, fov_deg=60.0), snap)
+    with pytest.raises(ValueError, match="frames are"):
+        _restore(env, dataclasses.replace(snap, frames=snap.frames[:, :16]))
+    other = WorldModel(Autoencoder(AE), WorldModelBackbone(dataclasses.replace(BACKBONE, width=64)), sample_steps=2)
+    with pytest.raises(ValueError, match="shape"):
+        _restore(make(other), snap)
+
+
+def _restore(env, snap):
+    env.reset(seed=0)
+    env.unwrapped.set_state(snap)
+
+
+def test_snapshot_files_restore_bit_for_bit_in_another_process(model, tmp_path):
+    import subprocess
+    import sys
+
+    model.save_pretrained(tmp_path / "wm")
+    env = gym.make("SanaWM/Nav-v0", model=str(tmp_path / "wm"), precision="float32")
+    env.reset(seed=5)
+    env.step(np.full(6, 0.3, np.float32))
+    path = env.unwrapped.save_state(tmp_path / "snap")
+    assert path.name == "snap.json" and (tmp_path / "snap.safetensors").is_file()
+    actions = np.random.default_rng(2).uniform(-1, 1, (3, 6)).astype(np.float32)
+    np.save(tmp_path / "actions.npy", actions)
+    here = np.stack([env.step(a)[0]["rgb"] for a in actions])
+    code = (
+        "import sys, numpy as np, gymnasium as gym, sanawm_gym\n"
+        "d = sys.argv[1]\n"
+        "env = gym.make('SanaWM/Nav-v0', model=d + '/wm', precision='float32')\n"
+        "env.reset(seed=0)\n"
+        "env.unwrapped.load_state(d + '/snap.json')\n"
+        "np.save(d + '/there.npy', np.stack([env.step(a)[0]['rgb'] for a in np.load(d + '/actions.npy')]))\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=300,
+                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    np.testing.assert_array_equal(np.load(tmp_path / "there.npy"), here)
+    # A reference-world snapshot file is refused by name, not misread.
+    ref = gym.make("SanaWM/ReferenceNav-v0", height=32, width=32)
+    ref.reset(seed=0)
+    ref.unwrapped.save_state(tmp_path / "ref")
+    with pytest.raises(ValueError, match="'reference' snapshot"):
+        env.unwrapped.load_state(tmp_path / "ref.json")
+    from world_model.checkpoint import CheckpointError
+
+    (tmp_path / "snap.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="snap.safetensors"):
+        env.unwrapped.load_state(tmp_path / "snap")

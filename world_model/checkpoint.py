@@ -218,6 +218,9 @@ def load_state_into(module: nn.Module, tensors: Mapping[str, torch.Tensor], file
     kinds = [k for k, v in own.items() if v.is_floating_point() != tensors[k].is_floating_point()]
     if kinds:
         raise CheckpointError(f"{file}: floating-point / integer dtype mismatch for {_listed(kinds)}")
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{file}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {_listed(sorted(bad))}")
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(tensors[k].to(v.dtype))
@@ -263,12 +266,13 @@ def load_pretrained(path: str | os.PathLike, build_fn: Callable[[dict[str, Any]]
 
 # ------------------------------------------------------------------------------ training state
 def save_training_state(folder: str | os.PathLike, name: str, tensors: Mapping[str, torch.Tensor],
-                        data: dict[str, Any]) -> Path:
+                        data: dict[str, Any], fmt: str = STATE_FORMAT) -> Path:
     """Write ``folder/name.safetensors`` (``tensors``) then ``folder/name.json`` (``data``
-    plus the tensors file's size and sha256). Returns the JSON's path."""
+    plus the tensors file's size and sha256; ``fmt`` its ``format``), both atomically.
+    Returns the JSON's path. Also the file form of env snapshots."""
     folder = Path(folder)
     blob = _tensor_bytes(tensors)
-    meta = {"format": STATE_FORMAT, "format_version": FORMAT_VERSION,
+    meta = {"format": fmt, "format_version": FORMAT_VERSION,
             "tensors": {"file": f"{name}.safetensors", "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()},
             "data": data}
     json_blob = _json_bytes(meta, f"{folder / name}.json")
@@ -276,10 +280,12 @@ def save_training_state(folder: str | os.PathLike, name: str, tensors: Mapping[s
     return folder / f"{name}.json"
 
 
-def load_training_state(json_path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(tensors, data)`` of a training state written by :func:`save_training_state`."""
+def load_training_state(json_path: str | os.PathLike,
+                        fmt: str = STATE_FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, data)`` of a file pair written by :func:`save_training_state` with the
+    same ``fmt``. No pickle: safetensors and JSON only."""
     json_path = Path(json_path)
-    meta = _read_json(json_path, STATE_FORMAT)
+    meta = _read_json(json_path, fmt)
     if not isinstance(meta.get("tensors"), dict) or not isinstance(meta.get("data"), dict):
         raise CheckpointError(f"{json_path}: needs objects 'tensors' and 'data'")
     tensors = _read_tensors(json_path.with_name(meta["tensors"]["file"]), meta["tensors"])

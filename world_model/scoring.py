@@ -1,4 +1,4 @@
-"""Held-out evaluation of the world model against the exact reference render.
+"""Held-out scores of the world model against exact reference renders.
 
 Each held-out clip is generated from its first frame along its true camera path (streaming,
 few-step sampling, the state carried across chunks) and compared frame by frame with the
@@ -21,7 +21,7 @@ from world_model.autoencoder import Autoencoder
 from world_model.autoencoder.losses import psnr, ssim
 from world_model.diffusion import sampling_times
 from world_model.generation import rollout_latents
-from world_model.model import WorldModelBackbone, camera_inputs
+from world_model.model import WorldModelBackbone
 from world_model.plots import plot_curves, save_png, video_grid
 
 __all__ = ["FPS", "PSNR_CAP", "evaluate_reconstruction", "evaluate_rollouts", "save_horizon_plot"]
@@ -80,8 +80,7 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
         B, F = video.shape[:2]
         T = 1 + (F - 1) // m.frames_per_latent
         first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
-        cam = camera_inputs(batch["c2w"], batch["intrinsics"][:, 0], image_hw, (m.latent_height, m.latent_width),
-                            m.frames_per_latent, m.pose_scale)
+        cam = backbone.camera(batch["c2w"], batch["intrinsics"][:, 0], image_hw)
         for name, c in (("model", cam), ("no_camera", None)):
             lat, _ = rollout_latents(backbone, first, c, T, times, g)
             gen = ae.decode(lat).clamp(-1, 1)  # (B, F, 3, H, W)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import numbers
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,22 +28,56 @@ from torch import nn
 from world_model.autoencoder import Autoencoder, StreamCache
 from world_model.checkpoint import CheckpointError, load_pretrained, read_pretrained_config, save_pretrained
 from world_model.diffusion import commit_chunk, sample_chunk, sampling_times
-from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig, camera_inputs
-from world_model.model.state import scatter_rows
+from world_model.generation import stream_latents
+from world_model.geometry import is_rigid
+from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig
 
-__all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "load_backbone"]
+__all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "has_native_bf16",
+           "load_backbone", "resolve_precision"]
 
-PRECISIONS = ("float32", "bfloat16")
-"""How :class:`WorldModel` computes: ``float32``, or ``bfloat16`` autocast (matmuls and
-convolutions in bfloat16, the GDN recurrence, norms and softmax statistics still in float32;
-the CPU fast path on processors with AMX / AVX-512 bf16)."""
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""How :class:`WorldModel` computes: ``float32``, ``bfloat16`` autocast (matmuls and
+convolutions in bfloat16, the GDN recurrence, norms and softmax statistics still in float32),
+or ``auto`` (the default): bfloat16 where the device has native bf16 matrix units (a CUDA
+GPU that supports bf16, a CPU with AMX), float32 elsewhere, where bf16 matmuls are emulated
+and 3-4x slower than float32. :func:`resolve_precision` says which ``auto`` picks."""
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA device that supports
+    bf16, or a CPU with AMX tiles for bf16 (``amx_bf16`` in ``/proc/cpuinfo``). AVX-512 BF16
+    alone does not count: it converts and dots vectors, and on such CPUs PyTorch's bf16
+    matmuls measure 3-4x slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return platform.machine().lower() in ("x86_64", "amd64") and "amx_bf16" in _cpu_flags()
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``float32`` or ``bfloat16`` for ``precision`` (one of :data:`PRECISIONS`) on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if has_native_bf16(device) else "float32"
+    return precision
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
-    """The context for ``precision`` (one of :data:`PRECISIONS`)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "float32":
+    """The context for ``precision`` (one of :data:`PRECISIONS`; ``auto`` resolved here)."""
+    if resolve_precision(precision, device) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
@@ -65,7 +102,9 @@ def load_backbone(path: str | Path | None = None) -> WorldModelBackbone:
 
 @dataclass
 class WorldState:
-    """Everything the next chunk depends on (besides the action and the noise)."""
+    """Everything the next chunk depends on (besides the action and the noise), for ``B``
+    rows (envs) at once. Rows are selected, replaced and cloned by the state's own methods;
+    a one-row state is what an env snapshot holds."""
 
     stream: StreamState
     """Backbone state: GDN states, conv caches, softmax sink + window caches."""
@@ -76,25 +115,76 @@ class WorldState:
     intrinsics: torch.Tensor
     """``(B, 3, 3)`` float64 intrinsics of the frames."""
 
-    def scatter_rows(self, index: torch.Tensor, rows: "WorldState") -> "WorldState":
-        """This state with rows ``index (k,)`` replaced by the ``k`` rows of ``rows``."""
-        decode = StreamCache(tuple(a.index_copy(0, index, b) for a, b in zip(self.decode.previous, rows.decode.previous)),
-                             max(self.decode.latent_frames, rows.decode.latent_frames))
-        return WorldState(scatter_rows(self.stream, index, rows.stream), decode,
-                          self.reference.index_copy(0, index, rows.reference),
-                          self.intrinsics.index_copy(0, index, rows.intrinsics))
+    @property
+    def batch_size(self) -> int:
+        return self.reference.shape[0]
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor of the state by name (for snapshots and size accounting)."""
-        out = {f"stream.{k}": v for k, v in self.stream.tensors().items()}
-        out.update({f"decode.{i}": t for i, t in enumerate(self.decode.previous)})
-        out.update(reference=self.reference, intrinsics=self.intrinsics)
-        return out
+    def select(self, index: torch.Tensor | list[int]) -> "WorldState":
+        """Rows ``index (k,)`` as a new ``k``-row state (copies)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        decode = StreamCache(tuple(t.index_select(0, index) for t in self.decode.previous), self.decode.latent_frames)
+        return WorldState(self.stream.select(index), decode, self.reference.index_select(0, index),
+                          self.intrinsics.index_select(0, index))
+
+    def with_rows(self, index: torch.Tensor | list[int], rows: "WorldState") -> "WorldState":
+        """This state with rows ``index (k,)`` replaced by the ``k`` rows of ``rows`` (a
+        state of the same model; floating-point tensors are converted to this state's
+        dtypes). Out of place."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        self.check_like(rows, rows_must_match=False)
+        decode = StreamCache(tuple(a.index_copy(0, index, b.to(a.dtype))
+                                   for a, b in zip(self.decode.previous, rows.decode.previous)),
+                             max(self.decode.latent_frames, rows.decode.latent_frames))
+        return WorldState(self.stream.with_rows(index, rows.stream), decode,
+                          self.reference.index_copy(0, index, rows.reference.to(self.reference.dtype)),
+                          self.intrinsics.index_copy(0, index, rows.intrinsics.to(self.intrinsics.dtype)))
 
     def clone(self) -> "WorldState":
         return WorldState(self.stream.clone(), StreamCache(tuple(t.clone() for t in self.decode.previous),
                                                            self.decode.latent_frames),
                           self.reference.clone(), self.intrinsics.clone())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the state by name (for snapshot files and size accounting)."""
+        out = {f"stream.{k}": v for k, v in self.stream.tensors().items()}
+        out.update({f"decode.{i}": t for i, t in enumerate(self.decode.previous)})
+        out.update(reference=self.reference, intrinsics=self.intrinsics)
+        return out
+
+    def from_tensors(self, tensors: dict[str, torch.Tensor], decode_frames: int) -> "WorldState":
+        """A state of the same model as this one holding ``tensors`` (the names of
+        :meth:`tensors`, any number of rows), checked by :meth:`check_like`: the inverse of
+        :meth:`tensors` for snapshot files."""
+        own = self.tensors()
+        if set(tensors) != set(own):
+            missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+            raise ValueError(f"the state tensors do not come from this world model (missing {missing[:4]}, "
+                             f"unexpected {extra[:4]})")
+        stream = self.stream.from_tensors({k[len("stream."):]: v for k, v in tensors.items() if k.startswith("stream.")})
+        decode = StreamCache(tuple(tensors[f"decode.{i}"] for i in range(len(self.decode.previous))), int(decode_frames))
+        state = WorldState(stream, decode, tensors["reference"], tensors["intrinsics"])
+        self.check_like(state, rows_must_match=False)
+        return state
+
+    def check_like(self, other: "WorldState", rows_must_match: bool = True) -> None:
+        """Raise ``ValueError`` unless ``other`` could be a state of the same model as this
+        one: the same tensor names and shapes (but for the rows unless ``rows_must_match``),
+        floating-point where this one is (bf16 vs float32 is allowed: it is converted on
+        restore) and integer / bool dtypes exactly equal, every value finite."""
+        own, new = self.tensors(), other.tensors()
+        if own.keys() != new.keys():
+            raise ValueError("the state comes from a different world model (its tensors have other names)")
+        for k, a in own.items():
+            b = new[k]
+            if b.shape[1:] != a.shape[1:] or (rows_must_match and b.shape[0] != a.shape[0]):
+                raise ValueError(f"state tensor {k!r} has shape {tuple(b.shape)}, this model's is "
+                                 f"({'B' if not rows_must_match else a.shape[0]}, {', '.join(map(str, a.shape[1:]))}): "
+                                 "a different world model or configuration")
+            if a.is_floating_point() != b.is_floating_point() or (not a.is_floating_point() and a.dtype != b.dtype):
+                raise ValueError(f"state tensor {k!r} is {b.dtype}, this model's is {a.dtype}: only floating-point "
+                                 "precisions convert into each other (float32 <-> bfloat16)")
+            if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+                raise ValueError(f"state tensor {k!r} holds non-finite values (NaN or inf): refusing to restore it")
 
     @property
     def nbytes(self) -> int:
@@ -152,7 +242,7 @@ class WorldModel(nn.Module):
                                "image_hw": list(self.image_hw)})
         return root
 
-    # ------------------------------------------------------------------------ streaming
+    # ------------------------------------------------------------------------ checks
     def _check_frames(self, frames: np.ndarray) -> torch.Tensor:
         arr = np.asarray(frames)
         H, W = self.image_hw
@@ -160,42 +250,46 @@ class WorldModel(nn.Module):
             raise ValueError(f"first frames must be uint8 (B, {H}, {W}, 3), got {arr.dtype} {arr.shape}")
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[:, None]  # (B, 1, 3, H, W)
 
+    def _check_steps(self, steps) -> int:
+        if steps is None:
+            return self.sample_steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (sampler steps; None: the checkpoint's "
+                             f"{self.sample_steps}), got {steps!r}")
+        return int(steps)
+
+    # ------------------------------------------------------------------------ streaming
     def _camera(self, c2w: torch.Tensor, reference: torch.Tensor, intrinsics: torch.Tensor, starts_video: bool):
-        cfg = self.config
-        return camera_inputs(c2w, intrinsics, self.image_hw, (cfg.latent_height, cfg.latent_width),
-                             cfg.frames_per_latent, cfg.pose_scale, reference=reference, starts_video=starts_video)
+        return self.backbone.camera(c2w, intrinsics, self.image_hw, reference=reference, starts_video=starts_video)
 
     @torch.no_grad()
     def init_state(self, first_frames: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray,
-                   precision: str = "float32") -> tuple[np.ndarray, WorldState]:
+                   precision: str = "auto") -> tuple[np.ndarray, WorldState]:
         """Encode ``first_frames`` uint8 ``(B, H, W, 3)`` taken at ``c2w (B, 4, 4)`` with
         ``intrinsics (B, 3, 3)`` into a fresh state. Returns the decoded first frames
         (uint8 ``(B, H, W, 3)``: what the model "sees") and the state. ``precision``: one
         of :data:`PRECISIONS` (use the same for every call on one state)."""
+        video = self._check_frames(first_frames)
+        B = video.shape[0]
+        ref = torch.as_tensor(check_c2w(c2w, "c2w", (B, 4, 4)))
+        K = torch.as_tensor(check_intrinsics(intrinsics, "intrinsics", (B, 3, 3)))
         with autocast(precision, self._device):
-            return self._init_state(first_frames, c2w, intrinsics)
+            latent = self.autoencoder.encode(video)  # (B, 1, C, h, w)
+            stream = commit_chunk(self.backbone, latent, self._camera(ref[:, None], ref, K, starts_video=True), None)
+            decoded, cache = self.autoencoder.decode_step(latent, None)
+        return _to_video(decoded)[:, 0], WorldState(stream, cache, ref, K)
 
     @property
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def _init_state(self, first_frames: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, WorldState]:
-        video = self._check_frames(first_frames)
-        B = video.shape[0]
-        ref = torch.as_tensor(np.asarray(c2w, dtype=np.float64)).reshape(B, 4, 4)
-        K = torch.as_tensor(np.asarray(intrinsics, dtype=np.float64)).reshape(B, 3, 3)
-        latent = self.autoencoder.encode(video)  # (B, 1, C, h, w)
-        stream = commit_chunk(self.backbone, latent, self._camera(ref[:, None], ref, K, starts_video=True), None)
-        decoded, cache = self.autoencoder.decode_step(latent, None)
-        return _to_video(decoded)[:, 0], WorldState(stream, cache, ref, K)
-
     @torch.no_grad()
     def reset_rows(self, state: WorldState | None, index: torch.Tensor, first_frames: np.ndarray, c2w: np.ndarray,
-                   intrinsics: np.ndarray, precision: str = "float32") -> tuple[np.ndarray, WorldState]:
+                   intrinsics: np.ndarray, precision: str = "auto") -> tuple[np.ndarray, WorldState]:
         """Start rows ``index (k,)`` of a batched state afresh from ``first_frames (k, H, W, 3)``
         (``state=None``: a new state of k rows). Returns the decoded first frames and the state."""
         decoded, rows = self.init_state(first_frames, c2w, intrinsics, precision)
-        return decoded, rows if state is None else state.scatter_rows(index, rows)
+        return decoded, rows if state is None else state.with_rows(index, rows)
 
     def noise_shape(self, batch: int) -> tuple[int, ...]:
         """Shape of the noise of one chunk: ``(B, 1, C, h, w)``."""
@@ -205,56 +299,98 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def step(self, state: WorldState, c2w_chunk: np.ndarray, generator: torch.Generator | None = None,
              steps: int | None = None, noise: torch.Tensor | None = None,
-             precision: str = "float32", compile: bool = False) -> tuple[np.ndarray, WorldState]:
+             precision: str = "auto", compile: bool = False) -> tuple[np.ndarray, WorldState]:
         """Generate the next latent frame for the K raw-frame poses ``c2w_chunk (B, K, 4, 4)``
-        and decode it: uint8 frames ``(B, K, H, W, 3)`` and the new state (the input state is
-        not modified). ``steps``: sampler steps (default: the checkpoint's). ``noise``
+        (rigid, finite) and decode it: uint8 frames ``(B, K, H, W, 3)`` and the new state (the
+        input state is not modified): one turn of :func:`world_model.generation.stream_latents`.
+        ``steps``: sampler steps, an integer >= 1 (default: the checkpoint's). ``noise``
         ``(B, 1, C, h, w)`` replaces the draw from ``generator`` (a batched env draws each
         row's noise from that row's own generator). ``precision``: one of :data:`PRECISIONS`.
         ``compile=True``: the backbone passes and the decoding run through ``torch.compile``
         (built on the first call for each batch size and precision, tens of seconds; then
         about 1.5-2x faster on CPU); frames equal the eager ones up to float rounding, and
-        are deterministic."""
-        with autocast(precision, self._device):
-            return self._step(state, c2w_chunk, generator, steps, noise, compile)
-
-    def _step(self, state: WorldState, c2w_chunk: np.ndarray, generator: torch.Generator | None,
-              steps: int | None, noise: torch.Tensor | None, compile: bool) -> tuple[np.ndarray, WorldState]:
+        are deterministic. Bad input raises ``ValueError`` naming the argument."""
         cfg = self.config
-        c2w = torch.as_tensor(np.asarray(c2w_chunk, dtype=np.float64))
-        B = state.reference.shape[0]
-        if c2w.shape != (B, cfg.frames_per_latent, 4, 4):
-            raise ValueError(f"c2w_chunk must be (B={B}, K={cfg.frames_per_latent}, 4, 4), got {tuple(c2w.shape)}")
-        cam = self._camera(c2w, state.reference, state.intrinsics, starts_video=False)
+        B = state.batch_size
+        c2w = torch.as_tensor(check_c2w(c2w_chunk, "c2w_chunk", (B, cfg.frames_per_latent, 4, 4)))
+        times = sampling_times(self._check_steps(steps), self.sample_shift)
         if noise is None:
             noise = torch.randn(self.noise_shape(B), generator=generator)
         elif tuple(noise.shape) != self.noise_shape(B):
             raise ValueError(f"noise must be {self.noise_shape(B)}, got {tuple(noise.shape)}")
-        times = sampling_times(steps or self.sample_steps, self.sample_shift)
-        latent, stream = sample_chunk(self.backbone, noise, cam, state.stream, times, compiled=compile)
-        frames, cache = self.autoencoder.decode_step(latent, state.decode, compiled=compile)
+        with autocast(precision, self._device):
+            cam = self._camera(c2w, state.reference, state.intrinsics, starts_video=False)
+            latent, stream = sample_chunk(self.backbone, noise, cam, state.stream, times, compiled=compile)
+            frames, cache = self.autoencoder.decode_step(latent, state.decode, compiled=compile)
         return _to_video(frames), dataclasses.replace(state, stream=stream, decode=cache)
 
     @torch.no_grad()
     def generate_video(self, first_frame: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, steps: int | None = None,
-                       seed: int = 0, precision: str = "float32", compile: bool = False) -> np.ndarray:
-        """A video along ``c2w (F, 4, 4)`` (F = 1 + K n) from ``first_frame`` uint8 (H, W, 3):
-        uint8 ``(F, H, W, 3)``, streamed chunk by chunk with the bounded state. ``precision``:
-        one of :data:`PRECISIONS`; ``compile``: see :meth:`step`."""
-        c2w = np.asarray(c2w, dtype=np.float64)
+                       seed: int = 0, precision: str = "auto", compile: bool = False) -> np.ndarray:
+        """A video along ``c2w (F, 4, 4)`` (F = 1 + K n; rigid, finite) from ``first_frame``
+        uint8 (H, W, 3) with ``intrinsics`` (3, 3) (or (F, 3, 3), all equal): uint8
+        ``(F, H, W, 3)``, generated chunk by chunk by :func:`world_model.generation.stream_latents`
+        with the bounded state and decoded as each chunk comes. ``steps``: sampler steps, an
+        integer >= 1 (default: the checkpoint's); ``seed``: the noise; ``precision``: one of
+        :data:`PRECISIONS`; ``compile``: see :meth:`step`. Bad input raises ``ValueError``
+        naming the argument and the accepted range."""
         k = self.config.frames_per_latent
+        c2w = np.asarray(c2w, dtype=np.float64)
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or (c2w.shape[0] - 1) % k:
             raise ValueError(f"c2w must be (F, 4, 4) with F = 1 + {k} n, got {c2w.shape}")
+        c2w = check_c2w(c2w, "c2w", c2w.shape)
         K = np.asarray(intrinsics, dtype=np.float64)
         if K.shape not in ((3, 3), (c2w.shape[0], 3, 3)):
             raise ValueError(f"intrinsics must be (3, 3) or (F, 3, 3), got {K.shape}")
+        K = check_intrinsics(K, "intrinsics", K.shape)
         K0 = K if K.ndim == 2 else K[0]
         if K.ndim == 3 and not np.allclose(K, K0):
             raise ValueError("intrinsics that change along the video are not supported: pass one (3, 3) matrix")
-        g = torch.Generator().manual_seed(seed)
-        first, state = self.init_state(np.asarray(first_frame)[None], c2w[None, 0], K0[None], precision)
-        frames = [first[:, None]]
-        for i in range(1, c2w.shape[0], k):
-            out, state = self.step(state, c2w[None, i : i + k], g, steps, precision=precision, compile=compile)
-            frames.append(out)
-        return np.concatenate(frames, 1)[0]
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        times = sampling_times(self._check_steps(steps), self.sample_shift)
+        video = self._check_frames(np.asarray(first_frame)[None])
+        poses = torch.as_tensor(c2w)[None]  # (1, F, 4, 4)
+        g = torch.Generator().manual_seed(int(seed))
+        num_latent = 1 + (c2w.shape[0] - 1) // k
+        frames, cache = [], None
+        with autocast(precision, self._device):
+            camera = self.backbone.camera(poses, torch.as_tensor(K0)[None], self.image_hw)
+            first = self.autoencoder.encode(video)  # (1, 1, C, h, w)
+            for latent, _ in stream_latents(self.backbone, first, camera, num_latent, times, g, compiled=compile):
+                out, cache = self.autoencoder.decode_step(latent, cache, compiled=compile)
+                frames.append(_to_video(out)[0])
+        return np.concatenate(frames, 0)
+
+
+def check_c2w(c2w, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``c2w`` as float64 of ``shape``, every matrix finite and rigid (orthonormal rotation
+    with det +1, last row ``[0, 0, 0, 1]``), else ``ValueError`` naming ``name``."""
+    arr = np.asarray(c2w, dtype=np.float64)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite camera-to-world matrices (got NaN or inf)")
+    rigid = np.asarray(is_rigid(arr.reshape(-1, 4, 4), 1e-4))
+    if not rigid.all():
+        bad = int(np.flatnonzero(~rigid)[0])
+        raise ValueError(f"{name} must be rigid camera-to-world matrices (orthonormal rotation, det +1, last row "
+                         f"[0, 0, 0, 1]); matrix {bad} is not")
+    return arr
+
+
+def check_intrinsics(intrinsics, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``intrinsics`` as float64 of ``shape``: finite pinhole matrices ``[[fx, s, cx], [0,
+    fy, cy], [0, 0, 1]]`` with positive focal lengths, else ``ValueError`` naming ``name``."""
+    arr = np.asarray(intrinsics, dtype=np.float64)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite (got NaN or inf)")
+    flat = arr.reshape(-1, 3, 3)
+    if (flat[:, 0, 0] <= 0).any() or (flat[:, 1, 1] <= 0).any():
+        raise ValueError(f"{name}: focal lengths fx = K[0, 0] and fy = K[1, 1] must be > 0 (pixels), got "
+                         f"{flat[:, 0, 0].min():g} and {flat[:, 1, 1].min():g}")
+    if not np.allclose(flat[:, 2], [0.0, 0.0, 1.0]) or not np.allclose(flat[:, 1, 0], 0.0):
+        raise ValueError(f"{name} must be pinhole matrices [[fx, s, cx], [0, fy, cy], [0, 0, 1]] (not singular)")
+    return arr

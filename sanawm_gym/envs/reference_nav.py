@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -11,10 +13,20 @@ from gymnasium import spaces
 from world_model.geometry import intrinsics_from_fov, pose_from_yaw_pitch
 from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
 from sanawm_gym.envs.actions import make_action_space, to_body_action
-from sanawm_gym.envs.checks import check_goal, check_options, check_pose
+from sanawm_gym.envs.checks import check_options, check_pose
+from sanawm_gym.envs.snapshots import ReferenceSnapshot, read_snapshot, write_snapshot
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
-from sanawm_gym.reference_world.collision import obstacle_sweep, signed_distance
-from sanawm_gym.tasks import GOAL_OBS_HIGH, GOAL_OBS_LOW, PointGoalConfig, goal_observation, sample_goal, score_step
+from sanawm_gym.reference_world.collision import obstacle_sweep
+from sanawm_gym.tasks import (
+    GOAL_OBS_HIGH,
+    GOAL_OBS_LOW,
+    PointGoalConfig,
+    check_goal_placement,
+    check_start_placement,
+    goal_observation,
+    sample_goal,
+    score_step,
+)
 
 __all__ = ["ReferenceNavEnv"]
 
@@ -68,8 +80,17 @@ class ReferenceNavEnv(gym.Env):
     fov_deg=90.0, action_mode="6dof", scene_seed=None, scene_config=None, motion=None,
     task=None, render_height=None, render_width=None)``. ``scene_seed`` fixes the scene for
     every episode; ``render_height/width`` set the size of ``render()`` frames (default: the
-    observation size). Reset options: ``scene_seed`` (int), ``pose`` (4x4 rigid c2w in free
-    space), ``goal`` (3 floats); any other key raises ``ValueError``.
+    observation size). Reset options: ``scene_seed`` (int), ``pose`` (4x4 rigid c2w with
+    ``camera_radius`` of free space), ``goal`` (3 floats in free space, farther than
+    ``goal_radius`` from the start); any other key, or a goal inside an obstacle or at the
+    camera, raises ``ValueError``. ``reset(seed=s)`` gives the same scene, start pose and
+    goal as ``SanaWM/Nav-v0`` reset with ``s``.
+
+    ## Snapshots
+    ``get_state()`` / ``set_state(snapshot)`` (a ``ReferenceSnapshot``: scene seed, pose,
+    goal, counters, random generator) and ``save_state(path)`` / ``load_state(path)``
+    (safetensors + JSON, no pickle), as in ``SanaWM/Nav-v0``, so planners treat both worlds
+    alike.
 
     ``info`` holds ``pose`` (4x4 c2w, float64), ``chunk_poses`` (K x 4 x 4), ``goal``,
     ``distance``, ``collided``, ``success``, ``path_length``, ``action_clipped``,
@@ -97,13 +118,25 @@ class ReferenceNavEnv(gym.Env):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, (int, np.integer)) or not 8 <= value <= 1024:
+        render_height = height if render_height is None else render_height
+        render_width = width if render_width is None else render_width
+        for name, value in (("height", height), ("width", width), ("render_height", render_height),
+                            ("render_width", render_width)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 8 <= value <= 1024:
                 raise ValueError(f"{name} must be an integer in [8, 1024], got {value!r}")
+        if isinstance(fov_deg, bool) or not isinstance(fov_deg, numbers.Real) or not 0 < fov_deg < 180:
+            raise ValueError(f"fov_deg must be a number in (0, 180) degrees, got {fov_deg!r}")
+        if scene_seed is not None and (isinstance(scene_seed, bool) or not isinstance(scene_seed, (int, np.integer))
+                                       or scene_seed < 0):
+            raise ValueError(f"scene_seed must be None or a non-negative integer, got {scene_seed!r}")
+        for name, value, kind in (("scene_config", scene_config, SceneConfig), ("motion", motion, MotionConfig),
+                                  ("task", task, PointGoalConfig)):
+            if value is not None and not isinstance(value, kind):
+                raise ValueError(f"{name} must be a {kind.__name__} or None, got {type(value).__name__}")
         self.render_mode = render_mode
         self.height, self.width = int(height), int(width)
-        self.render_height = int(render_height or height)
-        self.render_width = int(render_width or width)
+        self.render_height = int(render_height)
+        self.render_width = int(render_width)
         self.action_mode = action_mode
         self.fixed_scene_seed = scene_seed
         self.scene_config = scene_config or SceneConfig()
@@ -129,21 +162,19 @@ class ReferenceNavEnv(gym.Env):
         scene_seed = options.get("scene_seed", self.fixed_scene_seed)
         if scene_seed is None:
             scene_seed = int(self.np_random.integers(2**31 - 1))
-        if not isinstance(scene_seed, (int, np.integer)) or scene_seed < 0:
+        if isinstance(scene_seed, bool) or not isinstance(scene_seed, (int, np.integer)) or scene_seed < 0:
             raise ValueError(f"scene_seed must be a non-negative integer, got {scene_seed!r}")
-        if self.scene is None or self._scene_seed != int(scene_seed):
-            self.scene = generate_scene(int(scene_seed), self.scene_config)
-            self._sweep = obstacle_sweep(self.scene)
-            self._scene_seed = int(scene_seed)
+        self._use_scene(int(scene_seed))
         sample = sample_goal(self.scene, self.np_random, self.task, self.motion.camera_radius)
         self.pose = pose_from_yaw_pitch(sample.start, sample.yaw, 0.0)
         self.goal = sample.goal
         self.geodesic_distance = sample.geodesic_distance
         if "pose" in options:
-            self.pose = self._check_pose(options["pose"])
+            self.pose = check_start_placement(check_pose(options["pose"]), self.scene, self.motion.camera_radius)
             self.geodesic_distance = float("nan")
         if "goal" in options:
-            self.goal = check_goal(options["goal"])
+            self.goal = check_goal_placement(options["goal"], self.pose[:3, 3], self.scene, self.task,
+                                             self.motion.camera_radius)
             self.geodesic_distance = float("nan")
         self.distance = float(np.linalg.norm(self.goal - self.pose[:3, 3]))
         self.path_length = 0.0
@@ -194,13 +225,51 @@ class ReferenceNavEnv(gym.Env):
             "scene_seed": self._scene_seed,
         }
 
-    def _check_pose(self, pose) -> np.ndarray:
-        arr = check_pose(pose)
-        clearance = float(signed_distance(self.scene, arr[:3, 3]))
-        if clearance < self.motion.camera_radius:
-            raise ValueError(
-                f"reset option 'pose' puts the camera {clearance:.3f} m from an obstacle; it needs at least "
-                f"camera_radius={self.motion.camera_radius} m of free space (arena |x|, |y| < {self.scene.arena_half:.2f}, "
-                f"0 < z < {self.scene.wall_height})"
-            )
-        return arr
+    def _use_scene(self, scene_seed: int) -> None:
+        if self.scene is None or self._scene_seed != scene_seed:
+            self.scene = generate_scene(scene_seed, self.scene_config)
+            self._sweep = obstacle_sweep(self.scene)
+            self._scene_seed = scene_seed
+
+    # -------------------------------------------------------------------------- snapshots
+    def get_state(self) -> ReferenceSnapshot:
+        """A snapshot of the episode: scene seed, pose, goal, counters, random generator."""
+        if self.scene is None:
+            raise RuntimeError("call reset() before get_state()")
+        return ReferenceSnapshot(self._scene_seed, self.pose.copy(), self.chunk_poses.copy(), self.goal.copy(),
+                                 float(self.distance), float(self.path_length), float(self.geodesic_distance),
+                                 self.np_random.bit_generator.state)
+
+    def set_state(self, snapshot: ReferenceSnapshot) -> None:
+        """Restore a snapshot of this env or another ``ReferenceNav`` env with the same
+        scene config and resolution; the env's generator continues from the snapshot's."""
+        if not isinstance(snapshot, ReferenceSnapshot):
+            raise ValueError(f"set_state expects a ReferenceSnapshot from get_state() or load_state(), got "
+                             f"{type(snapshot).__name__}")
+        K = self.motion.frames_per_step
+        pose, chunk, goal = (np.asarray(x, dtype=np.float64) for x in (snapshot.pose, snapshot.chunk_poses, snapshot.goal))
+        if pose.shape != (4, 4) or chunk.shape != (K, 4, 4) or goal.shape != (3,):
+            raise ValueError(f"snapshot pose / chunk_poses / goal must be (4, 4) / ({K}, 4, 4) / (3,), got "
+                             f"{pose.shape} / {chunk.shape} / {goal.shape}")
+        if not (np.isfinite(pose).all() and np.isfinite(chunk).all() and np.isfinite(goal).all()):
+            raise ValueError("snapshot pose, chunk_poses and goal must be finite")
+        check_pose(pose)
+        if isinstance(snapshot.scene_seed, bool) or not isinstance(snapshot.scene_seed, (int, np.integer)) \
+                or snapshot.scene_seed < 0:
+            raise ValueError(f"snapshot scene_seed must be a non-negative integer, got {snapshot.scene_seed!r}")
+        self._use_scene(int(snapshot.scene_seed))
+        self.pose, self.chunk_poses, self.goal = pose.copy(), chunk.copy(), goal.copy()
+        self.distance, self.path_length = float(snapshot.distance), float(snapshot.path_length)
+        self.geodesic_distance = float(snapshot.geodesic_distance)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = snapshot.np_random_state
+        self._np_random = rng
+        self._render_obs()
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write :meth:`get_state` to ``<path>.json`` + ``<path>.safetensors`` (atomically)."""
+        return write_snapshot(path, self.get_state(), "SanaWM/ReferenceNav-v0")
+
+    def load_state(self, path: str | Path) -> None:
+        """:meth:`set_state` from a file written by :meth:`save_state`."""
+        self.set_state(read_snapshot(path, ReferenceSnapshot))

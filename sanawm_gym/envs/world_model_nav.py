@@ -4,14 +4,19 @@ One batched core (:class:`NavCore`) steps N episodes with one model forward per 
 single env (:class:`WorldModelNavEnv`, ``SanaWM/Nav-v0``) is the core with N = 1 and the
 native vector env (:class:`WorldModelNavVectorEnv`, ``gym.make_vec(...,
 vectorization_mode="vector_entry_point")``) the core with N rows and Gymnasium's
-next-step autoreset. The simulator state is the model's recurrent state (fixed size), so
-``get_state`` / ``set_state`` snapshot and restore an episode cheaply.
+next-step autoreset. Both take one :class:`NavConfig`. The simulator state is the model's
+recurrent state (fixed size), so ``get_state`` / ``set_state`` snapshot and restore an
+episode cheaply, and ``save_state`` / ``load_state`` write and read it as files.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -21,25 +26,37 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 
-from sanawm_gym.envs.actions import make_action_space, to_body_action
-from sanawm_gym.envs.checks import check_goal, check_image, check_options, check_pose
-from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
+from sanawm_gym.envs.actions import ACTION_MODES, make_action_space, to_body_action
+from sanawm_gym.envs.checks import check_image, check_options, check_pose
+from sanawm_gym.envs.snapshots import NavSnapshot, read_snapshot, write_snapshot
 from sanawm_gym.kinematics import MotionConfig, action_to_twist
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
-from sanawm_gym.tasks import GOAL_OBS_HIGH, GOAL_OBS_LOW, PointGoalConfig, goal_observation, sample_goal, score_step
+from sanawm_gym.tasks import (
+    GOAL_OBS_HIGH,
+    GOAL_OBS_LOW,
+    PointGoalConfig,
+    arena_bounds,
+    check_goal_placement,
+    check_start_placement,
+    goal_observation,
+    sample_goal,
+    score_step,
+)
+from world_model import WorldModel
+from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
+from world_model.world_model import DEFAULT_WEIGHTS, PRECISIONS, resolve_precision
 
-__all__ = ["NavCore", "NavSnapshot", "WorldModelNavEnv", "WorldModelNavVectorEnv", "load_world_model"]
+__all__ = ["NavConfig", "NavCore", "NavSnapshot", "WorldModelNavEnv", "WorldModelNavVectorEnv", "inference_threads",
+           "load_world_model"]
 
-RESET_OPTIONS = ("scene_seed", "image", "pose", "goal")
+RESET_OPTIONS = ("scene_seed", "image", "pose", "goal", "bounds")
 OBS_MODES = ("frame", "chunk")
 _MODEL_CACHE: dict[str, Any] = {}
 
 
-def load_world_model(model=None):
+def load_world_model(model=None) -> WorldModel:
     """``model``: a ``WorldModel``, a checkpoint folder, or None for the one shipped in the
     package (loaded once per process and shared by every env)."""
-    from world_model.world_model import DEFAULT_WEIGHTS, WorldModel
-
     if isinstance(model, WorldModel):
         return model
     key = str(model if model is not None else DEFAULT_WEIGHTS)
@@ -48,29 +65,85 @@ def load_world_model(model=None):
     return _MODEL_CACHE[key]
 
 
-@dataclass
-class NavSnapshot:
-    """Everything one row's simulation depends on: model state, pose, goal, counters, RNGs."""
+def inference_threads(num_envs: int, threads: int | None = None) -> int:
+    """Torch threads for stepping ``num_envs`` envs: ``threads`` if given, else 1 below 16
+    envs and every CPU this process may use from 16 on. Measured on a busy 2-core machine
+    (shipped model, float32, one step): 1 env 143 ms on 1 thread vs 2777 ms on 2 (the
+    threads wait for a core that another process holds), 16 envs 1286 ms vs 932 ms."""
+    if threads is not None:
+        return threads
+    if num_envs < 16:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-    world: dict[str, torch.Tensor]
-    """The row's model state tensors (``WorldState.tensors()`` of one row), cloned."""
-    decode_frames: int
-    pose: np.ndarray
-    goal: np.ndarray
-    distance: float
-    path_length: float
-    steps: int
-    scene_seed: int | None
-    np_random_state: dict
-    torch_generator_state: torch.Tensor
-    frames: np.ndarray
-    """The last chunk of frames (what the observation shows)."""
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the snapshot's arrays and tensors (independent of the episode's length)."""
-        arrays = [self.pose, self.goal, self.frames, self.torch_generator_state.numpy()]
-        return sum(t.numel() * t.element_size() for t in self.world.values()) + sum(a.nbytes for a in arrays)
+@dataclass(frozen=True)
+class NavConfig:
+    """Everything about a world-model navigation env but the model itself. Every field is
+    also a keyword of ``gym.make("SanaWM/Nav-v0", ...)`` and ``gym.make_vec``."""
+
+    action_mode: str = "6dof"
+    """``"6dof"``: body twist ``[vx, vy, vz, wx, wy, wz]``; ``"planar"``: ``[forward, yaw_rate]``."""
+    obs_mode: str = "frame"
+    """``"frame"``: ``rgb`` is the chunk's last frame ``(H, W, 3)``; ``"chunk"``: all K ``(K, H, W, 3)``."""
+    fov_deg: float = 90.0
+    """Horizontal field of view of the camera, degrees in (0, 180)."""
+    scene_config: SceneConfig = field(default_factory=SceneConfig)
+    """Procedural scenes of seeded episodes (the reference world's)."""
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    """Frame rate, frames per step, speed limits, camera radius."""
+    task: PointGoalConfig = field(default_factory=PointGoalConfig)
+    """Goal sampling, success radius, rewards."""
+    reference_frames: bool = False
+    """Add ``info["reference_rgb"]``, the exact render of the same pose (seeded scenes only)."""
+    timing_info: bool = False
+    """Add ``info["generation_time_s"]`` (off by default: a wall-clock time makes two
+    identically seeded runs' infos differ, which ``check_env`` rejects)."""
+    precision: str = "auto"
+    """``"auto"`` (bfloat16 where the device has native bf16 matrix units, else float32),
+    ``"float32"`` or ``"bfloat16"``."""
+    compile: bool = False
+    """Run the model's passes through ``torch.compile`` (first step per batch size builds it)."""
+    threads: int | None = None
+    """Torch threads (process-wide, set when the env is built); ``None``: 1 below 16 envs,
+    all the process's CPUs from 16 (see :func:`inference_threads`)."""
+
+    def __post_init__(self) -> None:
+        if self.action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {sorted(ACTION_MODES)}, got {self.action_mode!r}")
+        if self.obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {self.obs_mode!r}")
+        if isinstance(self.fov_deg, bool) or not isinstance(self.fov_deg, numbers.Real) or not 0 < self.fov_deg < 180:
+            raise ValueError(f"fov_deg must be a number in (0, 180) degrees, got {self.fov_deg!r}")
+        for name, kind in (("scene_config", SceneConfig), ("motion", MotionConfig), ("task", PointGoalConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        for name in ("reference_frames", "timing_info", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, numbers.Integral)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+
+    @classmethod
+    def make(cls, config: "NavConfig | None" = None, **overrides) -> "NavConfig":
+        """``config`` (default: the defaults) with ``overrides`` (field names) replaced."""
+        if config is not None and not isinstance(config, cls):
+            raise ValueError(f"config must be a NavConfig, got {type(config).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown argument(s) {unknown} for SanaWM/Nav-v0; accepted: model, render_mode, config, "
+                            f"{', '.join(sorted(names))}")
+        return dataclasses.replace(config or cls(), **overrides)
+
+
+def _count(name: str, value, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 class NavCore:
@@ -80,45 +153,34 @@ class NavCore:
     so a row evolves the same whether it runs alone or in a batch.
     """
 
-    def __init__(self, num_envs: int, model=None, action_mode: str = "6dof", obs_mode: str = "frame",
-                 fov_deg: float = 90.0, scene_config: SceneConfig | None = None, motion: MotionConfig | None = None,
-                 task: PointGoalConfig | None = None, reference_frames: bool = False, timing_info: bool = False,
-                 precision: str = "float32", compile: bool = False):
-        from world_model.world_model import PRECISIONS
-
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
-        self.precision, self.compile = precision, compile
+    def __init__(self, num_envs: int, config: NavConfig, model=None):
+        self.num_envs = _count("num_envs", num_envs)
+        self.config = cfg = config
+        torch.set_num_threads(inference_threads(self.num_envs, cfg.threads))
         self.model = load_world_model(model)
-        self.num_envs, self.action_mode, self.obs_mode = num_envs, action_mode, obs_mode
-        self.motion = motion or MotionConfig()
+        self.precision = resolve_precision(cfg.precision)
+        self.compile = cfg.compile
+        self.action_mode, self.obs_mode = cfg.action_mode, cfg.obs_mode
+        self.motion, self.scene_config, self.task = cfg.motion, cfg.scene_config, cfg.task
         if self.motion.frames_per_step != self.model.config.frames_per_latent:
             raise ValueError(f"motion.frames_per_step={self.motion.frames_per_step} must equal the model's "
                              f"frames_per_latent={self.model.config.frames_per_latent}")
-        self.scene_config = scene_config or SceneConfig()
-        self.task = task or PointGoalConfig()
-        self.reference_frames = reference_frames
-        self.timing_info = timing_info
+        self.reference_frames, self.timing_info = cfg.reference_frames, cfg.timing_info
         self.last_generation_time_s = 0.0
         self.height, self.width = self.model.image_hw
-        self.intrinsics = intrinsics_from_fov(fov_deg, self.height, self.width).numpy()
-        self.action_space = make_action_space(action_mode)
+        self.intrinsics = intrinsics_from_fov(cfg.fov_deg, self.height, self.width).numpy()
+        self.action_space = make_action_space(cfg.action_mode)
         frame = (self.height, self.width, 3)
-        rgb_shape = frame if obs_mode == "frame" else (self.motion.frames_per_step, *frame)
+        rgb_shape = frame if cfg.obs_mode == "frame" else (self.motion.frames_per_step, *frame)
         self.observation_space = spaces.Dict({
             "rgb": spaces.Box(0, 255, rgb_shape, np.uint8),
             "goal": spaces.Box(GOAL_OBS_LOW, GOAL_OBS_HIGH, dtype=np.float32),
         })
-        N, K = num_envs, self.motion.frames_per_step
+        N, K = self.num_envs, self.motion.frames_per_step
         self.pose = np.tile(np.eye(4), (N, 1, 1))
         self.chunk_poses = np.tile(np.eye(4), (N, K, 1, 1))
         self.goal = np.zeros((N, 3))
+        self.bounds = np.full((N, 2, 3), np.nan)
         self.distance = np.zeros(N)
         self.path_length = np.zeros(N)
         self.steps = np.zeros(N, dtype=np.int64)
@@ -132,14 +194,17 @@ class NavCore:
 
     # ---------------------------------------------------------------------------- reset
     def reset_rows(self, rows: list[int], rngs: list[np.random.Generator], options: list[dict | None]) -> None:
-        """Start new episodes in ``rows``, each drawing from its ``rng`` (kept as the row's)."""
+        """Start new episodes in ``rows``, each drawing from its ``rng`` (kept as the row's):
+        first the scene and the start / goal pair, in the order ``SanaWM/ReferenceNav-v0``
+        draws them (so both worlds reset with one seed give the same episode), then the
+        seed of the row's model noise."""
         images, poses = [], []
         for r, rng, opts in zip(rows, rngs, options):
             opts = check_options(opts, RESET_OPTIONS)
             self.rngs[r] = rng
+            image, pose, goal, bounds = self._start(r, rng, opts)
             self.torch_gens[r].manual_seed(int(rng.integers(2**63 - 1)))
-            image, pose, goal = self._start(r, rng, opts)
-            self.pose[r], self.goal[r] = pose, goal
+            self.pose[r], self.goal[r], self.bounds[r] = pose, goal, bounds
             self.chunk_poses[r] = pose
             self.distance[r] = float(np.linalg.norm(goal - pose[:3, 3]))
             self.path_length[r], self.steps[r] = 0.0, 0
@@ -152,32 +217,38 @@ class NavCore:
         _, self.state = self.model.reset_rows(self.state, index, np.stack(images), np.stack(poses), Ks, self.precision)
         self.frames[rows] = np.stack(images)[:, None]  # the observation at reset is the true first frame
 
-    def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, ...]:
+        radius = self.motion.camera_radius
         if "image" in opts:
             if "scene_seed" in opts:
                 raise ValueError("reset options 'image' and 'scene_seed' exclude each other")
             image = check_image(opts["image"], self.height, self.width)
             pose = check_pose(opts["pose"]) if "pose" in opts else pose_from_yaw_pitch(np.array([0.0, 0.0, 1.2]), 0.0, 0.0)
-            goal = check_goal(opts["goal"]) if "goal" in opts else pose[:3, 3] + 4.0 * pose[:3, 2]
+            goal = opts["goal"] if "goal" in opts else pose[:3, 3] + 4.0 * pose[:3, 2]
+            goal = check_goal_placement(goal, pose[:3, 3], None, self.task, radius)
+            bounds = _check_bounds(opts.get("bounds"), pose[:3, 3])
             self.scenes[r], self.scene_seed[r], self.geodesic[r] = None, None, np.nan
-            return image, pose, goal
+            return image, pose, goal, bounds
+        if "bounds" in opts:
+            raise ValueError("reset option 'bounds' goes with 'image' (a seeded scene's bounds are its arena)")
         seed = opts.get("scene_seed")
         if seed is None:
             seed = int(rng.integers(2**31 - 1))
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"scene_seed must be a non-negative integer, got {seed!r}")
         if self.scene_seed[r] != int(seed) or self.scenes[r] is None:
             self.scenes[r] = generate_scene(int(seed), self.scene_config)
         self.scene_seed[r] = int(seed)
-        sample = sample_goal(self.scenes[r], rng, self.task, self.motion.camera_radius)
+        scene = self.scenes[r]
+        sample = sample_goal(scene, rng, self.task, radius)
         pose = pose_from_yaw_pitch(sample.start, sample.yaw, 0.0)
         goal, self.geodesic[r] = sample.goal, sample.geodesic_distance
         if "pose" in opts:
-            pose, self.geodesic[r] = check_pose(opts["pose"]), np.nan
+            pose, self.geodesic[r] = check_start_placement(check_pose(opts["pose"]), scene, radius), np.nan
         if "goal" in opts:
-            goal, self.geodesic[r] = check_goal(opts["goal"]), np.nan
-        image = render(self.scenes[r], pose, self.intrinsics, self.height, self.width).rgb
-        return image, pose, goal
+            goal, self.geodesic[r] = check_goal_placement(opts["goal"], pose[:3, 3], scene, self.task, radius), np.nan
+        image = render(scene, pose, self.intrinsics, self.height, self.width).rgb
+        return image, pose, goal, arena_bounds(scene, radius)
 
     # ----------------------------------------------------------------------------- step
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -205,24 +276,32 @@ class NavCore:
         self.pose, self.chunk_poses, self.frames = chunk[:, -1], chunk, frames
         self.path_length += moved
         self.steps += 1
+        centres = chunk[:, :, :3, 3]  # (N, K, 3)
+        with np.errstate(invalid="ignore"):  # NaN bounds (none set) compare False
+            outside = ((centres < self.bounds[:, None, 0]) | (centres > self.bounds[:, None, 1])).any((1, 2))
         reward, success = np.zeros(N), np.zeros(N, bool)
         for r in range(N):
             out = score_step(self.task, prev[r], self.pose[r, :3, 3], self.goal[r], collided=False)
             reward[r], self.distance[r], success[r] = out.reward, out.distance, out.success
-        return {"reward": reward, "success": success, "clipped": clipped, "seconds": np.full(N, seconds / N)}
+        outside &= ~success  # the reference world's camera would have stopped at the bound, at the goal
+        reward -= self.task.collision_penalty * outside
+        return {"reward": reward, "success": success, "out_of_bounds": outside & active, "clipped": clipped,
+                "seconds": np.full(N, seconds / N)}
 
     # -------------------------------------------------------------------------- outputs
     def observation(self, r: int) -> dict[str, np.ndarray]:
         rgb = self.frames[r, -1] if self.obs_mode == "frame" else self.frames[r]
         return {"rgb": rgb.copy(), "goal": goal_observation(self.pose[r], self.goal[r])}
 
-    def info(self, r: int, success: bool = False, clipped: bool = False, seconds: float = 0.0) -> dict[str, Any]:
+    def info(self, r: int, success: bool = False, clipped: bool = False, seconds: float = 0.0,
+             out_of_bounds: bool = False) -> dict[str, Any]:
         info = {
             "pose": self.pose[r].copy(),
             "chunk_poses": self.chunk_poses[r].copy(),
             "goal": self.goal[r].copy(),
             "distance": float(self.distance[r]),
             "collided": False,
+            "out_of_bounds": bool(out_of_bounds),
             "success": bool(success),
             "path_length": float(self.path_length[r]),
             "action_clipped": bool(clipped),
@@ -239,46 +318,75 @@ class NavCore:
     def get_row(self, r: int) -> NavSnapshot:
         if self.state is None:
             raise RuntimeError("call reset() before get_state()")
-        world = {k: v[r : r + 1].clone() for k, v in self.state.tensors().items()}
-        return NavSnapshot(world, self.state.decode.latent_frames, self.pose[r].copy(), self.goal[r].copy(),
-                           float(self.distance[r]), float(self.path_length[r]), int(self.steps[r]), self.scene_seed[r],
+        return NavSnapshot(self.state.select([r]), self.pose[r].copy(), self.chunk_poses[r].copy(), self.goal[r].copy(),
+                           self.bounds[r].copy(), float(self.distance[r]), float(self.path_length[r]),
+                           float(self.geodesic[r]), int(self.steps[r]), self.scene_seed[r],
                            self.rngs[r].bit_generator.state, self.torch_gens[r].get_state(), self.frames[r].copy())
 
     def set_row(self, r: int, snap: NavSnapshot) -> None:
         if not isinstance(snap, NavSnapshot):
-            raise ValueError(f"set_state expects a NavSnapshot from get_state(), got {type(snap).__name__}")
+            raise ValueError(f"set_state expects a NavSnapshot from get_state() or load_state(), got {type(snap).__name__}")
         if self.state is None:
             raise RuntimeError("call reset() once before set_state() (it allocates the model state)")
-        own = self.state.tensors()
-        if own.keys() != snap.world.keys() or any(own[k].shape[1:] != v.shape[1:] for k, v in snap.world.items()):
-            raise ValueError("this snapshot comes from a different world model (its state tensors do not match)")
-        index = torch.tensor([r])
-        self.state = _rebuild(self.state, {k: own[k].index_copy(0, index, v) for k, v in snap.world.items()})
-        self.pose[r], self.goal[r], self.frames[r] = snap.pose, snap.goal, snap.frames
-        self.chunk_poses[r] = snap.pose
+        self._check_snapshot(snap)
+        self.state = self.state.with_rows([r], snap.world)
+        self.pose[r], self.chunk_poses[r], self.goal[r], self.bounds[r] = snap.pose, snap.chunk_poses, snap.goal, snap.bounds
+        self.frames[r] = snap.frames
         self.distance[r], self.path_length[r], self.steps[r] = snap.distance, snap.path_length, snap.steps
-        if snap.scene_seed is not None and snap.scene_seed != self.scene_seed[r]:
+        self.geodesic[r] = snap.geodesic_distance
+        if snap.scene_seed is not None and (snap.scene_seed != self.scene_seed[r] or self.scenes[r] is None):
             self.scenes[r] = generate_scene(snap.scene_seed, self.scene_config)
+        elif snap.scene_seed is None:
+            self.scenes[r] = None
         self.scene_seed[r] = snap.scene_seed
         if self.rngs[r] is None:
             self.rngs[r] = np.random.default_rng()
         self.rngs[r].bit_generator.state = snap.np_random_state
         self.torch_gens[r].set_state(snap.torch_generator_state)
 
+    def _check_snapshot(self, snap: NavSnapshot) -> None:
+        """Raise ``ValueError`` naming what does not fit this env (the model state is checked
+        by :meth:`WorldState.check_like <world_model.WorldState.check_like>`)."""
+        if snap.world.batch_size != 1:
+            raise ValueError(f"a snapshot holds one row of model state, this one holds {snap.world.batch_size}")
+        self.state.select([0]).check_like(snap.world)
+        K = self.motion.frames_per_step
+        if snap.frames.shape != (K, self.height, self.width, 3) or snap.frames.dtype != np.uint8:
+            raise ValueError(f"snapshot frames are {snap.frames.dtype} {snap.frames.shape}, this env's are uint8 "
+                             f"{(K, self.height, self.width, 3)} (another resolution or frames per step)")
+        if not np.allclose(snap.world.intrinsics[0].numpy(), self.intrinsics):
+            raise ValueError("the snapshot's intrinsics differ from this env's (another fov_deg or resolution): "
+                             f"{snap.world.intrinsics[0].numpy().round(3).tolist()} vs {self.intrinsics.round(3).tolist()}")
+        for name in ("pose", "chunk_poses", "goal"):
+            if not np.isfinite(getattr(snap, name)).all():
+                raise ValueError(f"snapshot {name} holds non-finite values")
+        if snap.pose.shape != (4, 4) or snap.chunk_poses.shape != (K, 4, 4) or snap.goal.shape != (3,):
+            raise ValueError("snapshot pose / chunk_poses / goal have the wrong shapes: "
+                             f"{snap.pose.shape}, {snap.chunk_poses.shape}, {snap.goal.shape}")
 
-def _rebuild(state, tensors: dict[str, torch.Tensor]):
-    """A WorldState like ``state`` whose tensors are replaced by ``tensors`` (same names)."""
-    from world_model.autoencoder import StreamCache
-    from world_model.model.state import StreamState
-    from world_model.world_model import WorldState
+    def save_row(self, r: int, path: str | Path, env_id: str) -> Path:
+        return write_snapshot(path, self.get_row(r), env_id)
 
-    blocks = []
-    for i, block in enumerate(state.stream.blocks):
-        fields = {name: tensors[f"stream.blocks.{i}.{name}"] for name in vars(block)}
-        blocks.append(type(block)(**fields))
-    stream = StreamState(blocks, tensors["stream.frame_index"], tensors["stream.chunk_index"])
-    decode = StreamCache(tuple(tensors[f"decode.{i}"] for i in range(len(state.decode.previous))), state.decode.latent_frames)
-    return WorldState(stream, decode, tensors["reference"], tensors["intrinsics"])
+    def load_row(self, r: int, path: str | Path) -> None:
+        if self.state is None:
+            raise RuntimeError("call reset() once before load_state() (it allocates the model state)")
+        self.set_row(r, read_snapshot(path, NavSnapshot, like=self.state.select([r])))
+
+
+def _check_bounds(bounds, start: np.ndarray) -> np.ndarray:
+    """Reset option ``bounds``: ``{"low": (x, y, z), "high": (x, y, z)}`` around the start,
+    or None (unbounded) -> ``(2, 3)`` (NaN where unbounded)."""
+    if bounds is None:
+        return np.full((2, 3), np.nan)
+    if not isinstance(bounds, dict) or set(bounds) != {"low", "high"}:
+        raise ValueError(f"reset option 'bounds' must be a dict {{'low': (x, y, z), 'high': (x, y, z)}} in metres, "
+                         f"got {bounds!r}")
+    box = np.array([np.asarray(bounds["low"], dtype=np.float64), np.asarray(bounds["high"], dtype=np.float64)])
+    if box.shape != (2, 3) or not np.isfinite(box).all() or not (box[0] < box[1]).all():
+        raise ValueError(f"reset option 'bounds' needs finite low < high per axis, got {bounds!r}")
+    if ((start < box[0]) | (start > box[1])).any():
+        raise ValueError(f"reset option 'bounds' must contain the start position {start.round(3).tolist()}, got {bounds!r}")
+    return box
 
 
 _DOC_SECTIONS = """
@@ -296,27 +404,61 @@ _DOC_SECTIONS = """
 
     ## Rewards
     As the reference env: progress toward the goal, minus a step cost, plus a success bonus.
-    **Collisions are unknown in imagination**: the camera passes through whatever the
-    model draws, there is no collision penalty, ``info["collided"]`` is always False, and
-    distances are Euclidean on the integrated pose, not on the imagined scene.
+    **Collisions with objects are unknown in imagination**: the camera passes through
+    whatever the model draws, ``info["collided"]`` is always False, and distances are
+    Euclidean on the integrated pose, not on the imagined scene. Leaving the task's bounds
+    (see Episode End) costs ``collision_penalty`` and ends the episode.
 
     ## Starting State
     ``reset(seed=...)`` draws a scene and a start/goal pair exactly as
-    ``SanaWM/ReferenceNav-v0`` does, renders the first frame with the reference world and
-    encodes it into a fresh model state; the first observation is that exact frame.
-    ``reset(options={"image": uint8 (H, W, 3), "pose": 4x4, "goal": (3,)})`` starts from a
-    user's image instead (no resize: the image must have the model's size; default pose a
-    level camera at 1.2 m, default goal 4 m ahead). Other options: ``scene_seed``.
+    ``SanaWM/ReferenceNav-v0`` reset with the same seed does (same scene, start pose and
+    goal), renders the first frame with the reference world and encodes it into a fresh
+    model state; the first observation is that exact frame. Options: ``scene_seed``;
+    ``pose`` (4x4 rigid c2w with ``camera_radius`` of free space), ``goal`` (3 floats in
+    free space, farther than ``goal_radius`` from the start; else ``ValueError``).
+    ``reset(options={"image": uint8 (H, W, 3), "pose": 4x4, "goal": (3,), "bounds":
+    {"low": (x, y, z), "high": (x, y, z)}})`` starts from a user's image instead (no
+    resize: the image must have the model's size; default pose a level camera at 1.2 m,
+    default goal 4 m ahead, default bounds none).
 
     ## Episode End
-    Terminated within ``goal_radius`` (0.5 m) of the goal; truncated after 200 steps
-    (``max_episode_steps``).
+    Terminated within ``goal_radius`` (0.5 m) of the goal, or when the camera leaves the
+    task's bounds (``info["out_of_bounds"]``): for a seeded scene the box the reference
+    world's camera sphere can occupy (inside the arena walls, above the ground, below the
+    invisible ceiling at ``wall_height``, each by ``camera_radius``); for a user image the
+    ``bounds`` reset option, if given. Truncated after 200 steps (``max_episode_steps``).
 
     ## Determinism
     All randomness, the model's noise included, comes from the env's seeded generators:
     two envs reset with the same seed and stepped with the same actions return identical
-    observations on the CPU (the registration says ``nondeterministic=False``; GPU kernels
-    may differ in the last bits).
+    observations on the same machine with the same torch thread count, precision and
+    ``compile`` setting (the registration says ``nondeterministic=False``). Across thread
+    counts float32 frames may differ by one grey level (matmul sums in another order); GPU
+    kernels may differ in the last bits.
+"""
+
+_ARGUMENTS = """
+    ## Arguments
+    One frozen :class:`NavConfig` (``config=``) and/or its fields as keywords:
+    ``action_mode``, ``obs_mode``, ``fov_deg``, ``scene_config``, ``motion``, ``task``,
+    ``reference_frames``, ``timing_info``, ``precision`` (``"auto"``: bfloat16 only where the
+    CPU or GPU has native bf16 matrix units, else float32), ``compile``, ``threads`` (torch
+    threads, process-wide; default 1 below 16 envs); plus ``model`` (a ``WorldModel``, a
+    checkpoint folder, or None for the shipped one) and ``render_mode``. The env's
+    resolved precision is ``env.unwrapped.core.precision``.
+
+    ``info``: ``pose``, ``chunk_poses``, ``goal``, ``distance``, ``success``,
+    ``out_of_bounds``, ``path_length``, ``action_clipped``, ``geodesic_distance``,
+    ``scene_seed``, ``collided`` (always False), and with the options above
+    ``reference_rgb`` / ``generation_time_s``.
+
+    ## Snapshots
+    ``get_state()`` / ``set_state(snapshot)`` (a :class:`NavSnapshot`: the model's one-row
+    state, pose, goal, counters, random generators; its size does not grow with the
+    episode) and ``save_state(path)`` / ``load_state(path)`` (safetensors + JSON, no
+    pickle; bit-exact across processes). ``set_state`` checks what it restores: shapes and
+    dtypes of the model state (a float32 snapshot restores into a bfloat16 env and back,
+    the tensors converted), finite values, the intrinsics and frame size; else ``ValueError``.
 """
 
 
@@ -326,47 +468,20 @@ class WorldModelNavEnv(gym.Env):
     ## Description
     The simulator is the world model: each step integrates the action into K = 4 camera
     poses (0.25 s at 16 fps), generates the next chunk of video conditioned on them from
-    the model's recurrent state, and returns its last frame. ``get_state()`` /
-    ``set_state()`` snapshot and restore the whole simulation (model state, pose, goal,
-    counters, random generators) for planners; the snapshot's size does not grow with the
-    episode.
-""" + _DOC_SECTIONS + """
-    ## Arguments
-    ``gym.make("SanaWM/Nav-v0", model=None, action_mode="6dof", obs_mode="frame",
-    reference_frames=False, timing_info=False, render_mode=None, fov_deg=90.0,
-    scene_config=None, motion=None, task=None, precision="float32", compile=False)``;
-    ``model`` is a ``WorldModel``, a checkpoint folder, or None for the shipped one.
-    ``precision="bfloat16"`` generates under bfloat16 autocast (faster on CPUs with AMX,
-    frames differ slightly from float32; still deterministic under a seed).
-    ``compile=True`` runs the model's denoising and commit passes and its decoding through
-    ``torch.compile`` (the first step of a batch size and precision builds it: tens of
-    seconds, cached on disk by inductor; then about 1.5-2x faster; frames equal the eager
-    ones up to float rounding and stay deterministic under a seed). ``reference_frames=True`` adds
-    ``info["reference_rgb"]``, the exact render of the same pose (scene starts only).
-    ``timing_info=True`` adds ``info["generation_time_s"]``, the seconds spent generating
-    the step (off by default because a wall-clock time makes infos differ between two
-    identically seeded runs, which Gymnasium's ``check_env`` rejects); the same figure is
-    always in ``env.unwrapped.last_generation_time_s``.
-
-    ``info``: ``pose``, ``chunk_poses``, ``goal``, ``distance``, ``success``,
-    ``path_length``, ``action_clipped``, ``geodesic_distance``, ``scene_seed``,
-    ``collided`` (always False).
-
+    the model's recurrent state, and returns its last frame.
+""" + _DOC_SECTIONS + _ARGUMENTS + """
     ## Version History
     * v0: initial release.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(self, model=None, action_mode: str = "6dof", obs_mode: str = "frame", reference_frames: bool = False,
-                 timing_info: bool = False, render_mode: str | None = None, fov_deg: float = 90.0,
-                 scene_config: SceneConfig | None = None, motion: MotionConfig | None = None,
-                 task: PointGoalConfig | None = None, precision: str = "float32", compile: bool = False):
+    def __init__(self, config: NavConfig | None = None, *, model=None, render_mode: str | None = None, **overrides):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        self.core = NavCore(1, model, action_mode, obs_mode, fov_deg, scene_config, motion, task, reference_frames,
-                            timing_info, precision, compile)
+        self.config = NavConfig.make(config, **overrides)
+        self.core = NavCore(1, self.config, model)
         self.action_space = self.core.action_space
         self.observation_space = self.core.observation_space
 
@@ -378,6 +493,10 @@ class WorldModelNavEnv(gym.Env):
     def scene(self):
         return self.core.scenes[0]
 
+    @property
+    def last_generation_time_s(self) -> float:
+        return self.core.last_generation_time_s
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.core.reset_rows([0], [self.np_random], [options])
@@ -385,9 +504,9 @@ class WorldModelNavEnv(gym.Env):
 
     def step(self, action):
         out = self.core.step([action])
-        success = bool(out["success"][0])
-        info = self.core.info(0, success, bool(out["clipped"][0]), float(out["seconds"][0]))
-        return self.core.observation(0), float(out["reward"][0]), success, False, info
+        success, outside = bool(out["success"][0]), bool(out["out_of_bounds"][0])
+        info = self.core.info(0, success, bool(out["clipped"][0]), float(out["seconds"][0]), outside)
+        return self.core.observation(0), float(out["reward"][0]), success or outside, False, info
 
     def render(self):
         if self.render_mode != "rgb_array" or self.core.state is None:
@@ -400,8 +519,18 @@ class WorldModelNavEnv(gym.Env):
 
     def set_state(self, snapshot: NavSnapshot) -> None:
         """Restore a snapshot from this env or another one built with the same model; the
-        env's generator continues from the snapshot's."""
+        env's generator continues from the snapshot's. Checked: see Snapshots above."""
         self.core.set_row(0, snapshot)
+        self._np_random = self.core.rngs[0]
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write :meth:`get_state` to ``<path>.json`` + ``<path>.safetensors`` (atomically);
+        returns the JSON's path."""
+        return self.core.save_row(0, path, "SanaWM/Nav-v0")
+
+    def load_state(self, path: str | Path) -> None:
+        """:meth:`set_state` from a file written by :meth:`save_state` (any process)."""
+        self.core.load_row(0, path)
         self._np_random = self.core.rngs[0]
 
 
@@ -416,32 +545,36 @@ class WorldModelNavVectorEnv(gym.vector.VectorEnv):
     ``info["final_obs"]`` / ``info["final_info"]`` (what Stable-Baselines3 expects, see
     :class:`sanawm_gym.envs.sb3.SB3VecEnv`). ``reset(seed=s)`` seeds row i with
     ``s + i``; row i then evolves exactly like a ``SanaWM/Nav-v0`` env reset with seed ``s + i``.
-""" + _DOC_SECTIONS
+""" + _DOC_SECTIONS + _ARGUMENTS
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4, "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int = 1, model=None, action_mode: str = "6dof", obs_mode: str = "frame",
-                 reference_frames: bool = False, timing_info: bool = False, render_mode: str | None = None,
-                 fov_deg: float = 90.0, scene_config: SceneConfig | None = None, motion: MotionConfig | None = None,
-                 task: PointGoalConfig | None = None, max_episode_steps: int | None = None,
-                 autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
-                 precision: str = "float32", compile: bool = False):
+    def __init__(self, num_envs: int = 1, config: NavConfig | None = None, *, model=None,
+                 render_mode: str | None = None, max_episode_steps: int | None = None,
+                 autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP, **overrides):
         modes = (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP)
-        autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
+        try:
+            autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
+        except ValueError:
+            autoreset_mode = None
         if autoreset_mode not in modes:
-            raise ValueError(f"autoreset_mode must be one of {[m.value for m in modes]}, got {autoreset_mode.value!r}")
+            raise ValueError(f"autoreset_mode must be one of {[m.value for m in modes]}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if max_episode_steps is not None:
+            max_episode_steps = _count("max_episode_steps", max_episode_steps)
         self.metadata = {**self.metadata, "autoreset_mode": autoreset_mode}
-        self.core = NavCore(num_envs, model, action_mode, obs_mode, fov_deg, scene_config, motion, task, reference_frames,
-                            timing_info, precision, compile)
-        self.num_envs = num_envs
+        self.config = NavConfig.make(config, **overrides)
+        self.core = NavCore(num_envs, self.config, model)
+        self.num_envs = self.core.num_envs
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps
         self.single_action_space = self.core.action_space
         self.single_observation_space = self.core.observation_space
-        self.action_space = batch_space(self.single_action_space, num_envs)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self._autoreset = np.zeros(num_envs, bool)
-        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self._autoreset = np.zeros(self.num_envs, bool)
+        self._rngs = [seeding.np_random()[0] for _ in range(self.num_envs)]
 
     def _batch(self, obs: list[dict], infos: list[dict]) -> tuple[dict, dict]:
         batched = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
@@ -471,13 +604,14 @@ class WorldModelNavVectorEnv(gym.vector.VectorEnv):
         if resetting.any():
             rows = list(np.flatnonzero(resetting))
             self.core.reset_rows(rows, [self._rngs[r] for r in rows], [None] * len(rows))
-        terminated = out["success"] & ~resetting
+        terminated = (out["success"] | out["out_of_bounds"]) & ~resetting
         truncated = np.zeros(self.num_envs, bool)
         if self.max_episode_steps is not None:
             truncated = (self.core.steps >= self.max_episode_steps) & ~terminated & ~resetting
         reward = np.where(resetting, 0.0, out["reward"])
         infos = [self.core.info(i) if resetting[i] else
-                 self.core.info(i, bool(out["success"][i]), bool(out["clipped"][i]), float(out["seconds"][i]))
+                 self.core.info(i, bool(out["success"][i]), bool(out["clipped"][i]), float(out["seconds"][i]),
+                                bool(out["out_of_bounds"][i]))
                  for i in range(self.num_envs)]
         done = terminated | truncated
         obs_rows = [self.core.observation(i) for i in range(self.num_envs)]

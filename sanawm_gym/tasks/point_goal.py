@@ -24,6 +24,9 @@ __all__ = [
     "GoalSample",
     "PointGoalConfig",
     "StepOutcome",
+    "arena_bounds",
+    "check_goal_placement",
+    "check_start_placement",
     "goal_observation",
     "sample_goal",
     "score_step",
@@ -159,3 +162,51 @@ def sample_goal(scene, rng: np.random.Generator, cfg: PointGoalConfig, camera_ra
         yaw = float(rng.uniform(-np.pi, np.pi))
         return GoalSample(start, yaw, goal, float(geo))
     raise RuntimeError(f"could not place a start and goal {lo}-{hi} m apart in scene {scene.seed}")
+
+
+def arena_bounds(scene, camera_radius: float) -> np.ndarray:
+    """``(2, 3)`` low / high corners of the box the camera centre can occupy in ``scene``:
+    inside the arena walls, above the ground and below the invisible ceiling at
+    ``wall_height``, each by ``camera_radius`` (where the reference world's collision sphere
+    stops it). The world-model env ends an episode that leaves it."""
+    a, h, r = scene.arena_half, scene.wall_height, camera_radius
+    return np.array([[-a + r, -a + r, r], [a - r, a - r, h - r]])
+
+
+def check_start_placement(pose: np.ndarray, scene, camera_radius: float) -> np.ndarray:
+    """``pose`` if its camera centre has ``camera_radius`` of free space in ``scene``, else
+    ``ValueError`` saying how close it is to an obstacle."""
+    clearance = float(signed_distance(scene, pose[:3, 3]))
+    if clearance < camera_radius:
+        raise ValueError(
+            f"reset option 'pose' puts the camera {clearance:.3f} m from an obstacle; it needs at least "
+            f"camera_radius={camera_radius} m of free space (arena |x|, |y| < {scene.arena_half:.2f}, "
+            f"0 < z < {scene.wall_height})")
+    return pose
+
+
+def check_goal_placement(goal, start: np.ndarray, scene, cfg: PointGoalConfig, camera_radius: float) -> np.ndarray:
+    """The goal as ``(3,)`` float64 after checking that it is finite, farther than
+    ``goal_radius`` from the ``start`` position (else the episode would end at once) and,
+    in a ``scene``, reachable by the camera (``camera_radius`` of free space, inside the
+    arena); else ``ValueError`` naming the problem."""
+    arr = np.asarray(goal, dtype=np.float64) if not isinstance(goal, str) else np.array([])
+    if arr.shape != (3,) or not np.isfinite(arr).all():
+        raise ValueError(f"reset option 'goal' must be 3 finite floats (x, y, z in metres), got {goal!r}")
+    gap = float(np.linalg.norm(arr - start))
+    if gap <= cfg.goal_radius:
+        raise ValueError(f"reset option 'goal' is {gap:.3f} m from the camera, within goal_radius={cfg.goal_radius} m: "
+                         "the episode would end at once; put it farther away")
+    if scene is not None:
+        box = arena_bounds(scene, camera_radius)
+        if ((arr < box[0]) | (arr > box[1])).any():
+            raise ValueError(f"reset option 'goal' {arr.round(3).tolist()} is outside the arena: the camera can reach "
+                             f"{box[0].round(3).tolist()} .. {box[1].round(3).tolist()} (|x|, |y| < arena_half - "
+                             f"camera_radius, camera_radius < z < wall_height - camera_radius)")
+        clearance = float(signed_distance(scene, arr))
+        if clearance < camera_radius:
+            where = "inside an obstacle" if clearance < 0 else f"{clearance:.3f} m from an obstacle"
+            raise ValueError(f"reset option 'goal' {arr.round(3).tolist()} is {where}; the "
+                             f"camera could not reach it: it needs camera_radius={camera_radius} m of free space "
+                             f"(arena |x|, |y| < {scene.arena_half:.2f}, 0 < z < {scene.wall_height})")
+    return arr

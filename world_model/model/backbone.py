@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from world_model.compiling import CompiledMethods
-from world_model.model.camera import CameraInputs
+from world_model.model.camera import CameraInputs, camera_inputs
 from world_model.model.config import WorldModelConfig
 from world_model.model.layers import Block, RotaryTables
 from world_model.model.rope import rope_angles, token_positions
@@ -51,6 +51,17 @@ class WorldModelBackbone(CompiledMethods, nn.Module):
 
     def init_state(self, batch_size: int, device=None) -> StreamState:
         return init_state(self.cfg, batch_size, device)
+
+    def camera(self, c2w: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int],
+               reference: torch.Tensor | None = None, starts_video: bool = True) -> CameraInputs:
+        """The camera conditioning of raw-frame poses ``c2w (B, F, 4, 4)`` with
+        ``intrinsics (B, 3, 3)`` of ``image_hw`` frames, for this backbone's latent grid,
+        frames per latent frame and pose scale (see :func:`camera_inputs` for ``reference``
+        and ``starts_video``). The one place that turns poses into conditioning: training,
+        scoring and the inference API all call it."""
+        cfg = self.cfg
+        return camera_inputs(c2w, intrinsics, image_hw, (cfg.latent_height, cfg.latent_width), cfg.frames_per_latent,
+                             cfg.pose_scale, reference=reference, starts_video=starts_video)
 
     def _rope(self, num_frames: int, frame_offset: torch.Tensor) -> RotaryTables:
         """Rotary tables ``(B, T, S, 1, d/2)`` for each row's frames (rows may be at different times)."""

@@ -17,8 +17,7 @@ import torch
 
 from world_model.model.config import WorldModelConfig
 
-__all__ = ["GDNBlockState", "SoftmaxBlockState", "StreamState", "check_chunk_sizes", "init_state", "scatter_rows",
-           "state_nbytes"]
+__all__ = ["GDNBlockState", "SoftmaxBlockState", "StreamState", "check_chunk_sizes", "init_state", "state_nbytes"]
 
 
 @dataclass
@@ -60,29 +59,39 @@ class StreamState:
         blocks = [type(b)(**{f.name: fn(getattr(b, f.name)) for f in dataclasses.fields(b)}) for b in self.blocks]
         return StreamState(blocks, fn(self.frame_index), fn(self.chunk_index))
 
+    def zip_map(self, other: "StreamState", fn) -> "StreamState":
+        """A new state with ``fn(mine, theirs)`` applied to every pair of tensors of the same name."""
+        blocks = [type(a)(**{f.name: fn(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)})
+                  for a, b in zip(self.blocks, other.blocks)]
+        return StreamState(blocks, fn(self.frame_index, other.frame_index), fn(self.chunk_index, other.chunk_index))
+
     def clone(self) -> "StreamState":
         return self.map(torch.clone)
+
+    def select(self, index: torch.Tensor) -> "StreamState":
+        """Rows ``index (k,)`` as a new ``k``-row state (copies)."""
+        return self.map(lambda t: t.index_select(0, index))
+
+    def with_rows(self, index: torch.Tensor, rows: "StreamState") -> "StreamState":
+        """This state with rows ``index (k,)`` replaced by the ``k`` rows of ``rows`` (same
+        configuration): how a batched env resets some of its envs. Out of place."""
+        flat, new = self.tensors(), rows.tensors()
+        if flat.keys() != new.keys() or any(flat[k].shape[1:] != new[k].shape[1:] for k in flat):
+            raise ValueError("with_rows needs two states of the same configuration")
+        if rows.batch_size != index.numel():
+            raise ValueError(f"with_rows: {index.numel()} row indices for a state of {rows.batch_size} rows")
+        return self.zip_map(rows, lambda a, b: a.index_copy(0, index, b.to(a.dtype)))
+
+    def from_tensors(self, tensors: dict[str, torch.Tensor]) -> "StreamState":
+        """A state shaped like this one (same block kinds) holding ``tensors`` (the names of
+        :meth:`tensors`; the caller checks shapes and dtypes)."""
+        blocks = [type(b)(**{f.name: tensors[f"blocks.{i}.{f.name}"] for f in dataclasses.fields(b)})
+                  for i, b in enumerate(self.blocks)]
+        return StreamState(blocks, tensors["frame_index"], tensors["chunk_index"])
 
     @property
     def batch_size(self) -> int:
         return self.frame_index.shape[0]
-
-
-def scatter_rows(state: StreamState, index: torch.Tensor, rows: StreamState) -> StreamState:
-    """``state`` with rows ``index (k,)`` replaced by the ``k`` rows of ``rows`` (same
-    configuration): how a batched env resets some of its envs. Out of place."""
-    flat, new = state.tensors(), rows.tensors()
-    if flat.keys() != new.keys() or any(flat[k].shape[1:] != new[k].shape[1:] for k in flat):
-        raise ValueError("scatter_rows needs two states of the same configuration")
-    if rows.batch_size != index.numel():
-        raise ValueError(f"scatter_rows: {index.numel()} row indices for a state of {rows.batch_size} rows")
-
-    def put(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a.index_copy(0, index, b)
-
-    blocks = [type(a)(**{f.name: put(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)})
-              for a, b in zip(state.blocks, rows.blocks)]
-    return StreamState(blocks, put(state.frame_index, rows.frame_index), put(state.chunk_index, rows.chunk_index))
 
 
 def cache_slots(cfg: WorldModelConfig) -> int:

@@ -36,7 +36,7 @@ from world_model.autoencoder import Autoencoder
 from world_model.checkpoint import config_differences, copy_matching_tensors, save_pretrained, write_files_atomically
 from world_model.data import PosedVideoDataset
 from world_model.diffusion import FlowMatchingConfig, flow_matching_loss
-from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs
+from world_model.model import WorldModelBackbone, WorldModelConfig
 from world_model.scoring import evaluate_rollouts, save_horizon_plot
 from world_model.train.stage import Batch, Logs, Stage
 from world_model.world_model import component_folder, load_backbone
@@ -121,14 +121,9 @@ class TeacherObjective(nn.Module):
         self.flow = flow
         self.image_hw = image_hw
 
-    def camera(self, c2w: Tensor, intrinsics: Tensor):
-        cfg = self.backbone.cfg
-        return camera_inputs(c2w, intrinsics, self.image_hw, (cfg.latent_height, cfg.latent_width), cfg.frames_per_latent,
-                             cfg.pose_scale)
-
     def forward(self, batch: Batch) -> tuple[Tensor, Logs]:
         latents = batch["latents"]  # (B, T, C, h, w)
-        cam = self.camera(batch["c2w"], batch["intrinsics"])
+        cam = self.backbone.camera(batch["c2w"], batch["intrinsics"], self.image_hw)
         chunks = self.backbone.cfg.chunk_lengths(latents.shape[1])
         loss, logs = flow_matching_loss(self.backbone, latents, cam, chunks, self.flow)
         return loss, {k: torch.tensor(v) for k, v in logs.items()}
