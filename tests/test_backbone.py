@@ -291,3 +291,4 @@ def test_bench_command_prints_the_chunk_ratios_and_throughput(capsys):
     assert grown > 2  # 12 chunks of keys and values against 2
     assert "baseline / hybrid at chunk 12" in out
     assert len([line for line in out.splitlines() if line.split()[:1] == ["1"]]) == 2  # batch 1: float32, bf16
+    assert "precision='auto' picks" in out and "1 threads" in out and out.count("<- auto") == 1

@@ -29,6 +29,7 @@ import torch
 
 from world_model.diffusion import sample_chunk, sampling_times
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig, state_nbytes
+from world_model.world_model import has_native_bf16, resolve_precision
 
 __all__ = ["main"]
 
@@ -109,7 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15,
                    help="times chunk 2 and chunk --chunks are each generated (alternately, from copies of their states)")
     p.add_argument("--throughput-chunks", type=int, default=12, help="chunks timed for frames/s")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: on a busy 2-core machine more can be 20x slower)")
     args = p.parse_args(argv)
+    for name in ("chunks", "steps", "repeats", "throughput_chunks", "threads"):
+        if getattr(args, name) < (3 if name == "chunks" else 1):
+            p.error(f"--{name.replace('_', '-')} must be at least {3 if name == 'chunks' else 1}, got {getattr(args, name)}")
+    if min(args.batch_sizes) < 1:
+        p.error(f"--batch-sizes must be at least 1, got {args.batch_sizes}")
+    torch.set_num_threads(args.threads)
+    auto = resolve_precision("auto")
+    print(f"precision='auto' picks {auto} on this machine (native bf16 matrix units: "
+          f"{'yes' if has_native_bf16() else 'no'}); both are timed below")
     torch.manual_seed(0)
     cfg = WorldModelConfig.tiny()
     baseline_cfg = dataclasses.replace(cfg, softmax_every=1, softmax_window_chunks=-1)
@@ -147,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             _rollout(model, bs, n + 1, args.steps, bf16)
             dt = time.perf_counter() - t0
-            print(f"{bs:>6} {'bf16' if bf16 else 'float32':>8} {bs * n * cfg.frames_per_latent / dt:>9.1f}")
+            mark = "  <- auto" if (auto == "bfloat16") == bf16 else ""
+            print(f"{bs:>6} {'bf16' if bf16 else 'float32':>8} {bs * n * cfg.frames_per_latent / dt:>9.1f}{mark}")
     return 0
 
 

@@ -6,7 +6,7 @@ tensor shapes and the ray caster compiles once. Unused slots are parked far away
 never hit. :func:`generate_scene` draws a scene from a seed; the same seed always gives the
 same scene.
 
-World frame (DESIGN.md): right-handed, metres, +z up, ground plane z = 0. The arena is the
+World frame (docs/DESIGN.md): right-handed, metres, +z up, ground plane z = 0. The arena is the
 square ``[-L/2, L/2]^2`` closed by four walls of height ``wall_height``; an invisible
 ceiling at that height bounds the camera (see :mod:`collision`).
 """

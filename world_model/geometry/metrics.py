@@ -1,4 +1,4 @@
-"""Camera-control metrics (DESIGN.md): RotErr, TransErr and CamMC.
+"""Camera-control metrics (docs/DESIGN.md): RotErr, TransErr and CamMC.
 
 Both trajectories are first expressed relative to their own first frame. Estimated
 translations are then aligned in scale to the commanded ones (the least-squares factor

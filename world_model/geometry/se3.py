@@ -1,6 +1,6 @@
 """Rigid-body poses: the SE(3) exponential map, twist integration, inversion, relative poses.
 
-Conventions (DESIGN.md): poses are camera-to-world 4x4 matrices ``c2w`` (OpenCV camera
+Conventions (docs/DESIGN.md): poses are camera-to-world 4x4 matrices ``c2w`` (OpenCV camera
 frame: x right, y down, z forward); a twist is ``[vx, vy, vz, wx, wy, wz]`` in the body
 (camera) frame, linear part first. All functions are batched over leading dimensions and
 accept torch tensors or numpy arrays (numpy in, numpy out).

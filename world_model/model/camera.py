@@ -1,6 +1,6 @@
 """Camera conditioning of the backbone: Plücker maps per raw frame and ray frames per token.
 
-SANA-WM's dual-branch control (DESIGN.md):
+SANA-WM's dual-branch control (docs/DESIGN.md):
 
 - raw-frame-rate branch: a 6-channel Plücker map ``[d, o x d]`` per raw frame at the latent
   grid's resolution; the K raw frames that fall into one latent frame are stacked into

@@ -1,6 +1,6 @@
 """Layers of the SANA-WM miniature: frame-wise Gated DeltaNet attention, chunk-causal softmax
 attention with a sink + window cache, the UCPE relative-pose branch, the GLU-MBConv
-feed-forward with its temporal conv, and the block that assembles them (DESIGN.md).
+feed-forward with its temporal conv, and the block that assembles them (docs/DESIGN.md).
 
 Tokens are laid out ``x: (B, T, S, C)``: T latent frames, S = h*w tokens per frame.
 Each layer's ``forward`` takes the carried state of its block and returns the new one;
@@ -105,7 +105,7 @@ class _GatedAttention(nn.Module):
 
 # ------------------------------------------------------------------ frame-wise Gated DeltaNet
 class FrameGDNAttention(_GatedAttention):
-    """Frame-wise Gated DeltaNet (DESIGN.md), chunk-causal, with the UCPE camera branch.
+    """Frame-wise Gated DeltaNet (docs/DESIGN.md), chunk-causal, with the UCPE camera branch.
 
     Per head, with ``K~, Q~`` the rotary copies (numerator only) and ``B_t = diag(beta)``:
     ``S_t = gamma_t S_{t-1} (I - K~_t B_t K~_t^T) + V_t B_t K~_t^T``,
@@ -120,7 +120,7 @@ class FrameGDNAttention(_GatedAttention):
 
     The camera branch has its own q/k/v (same feature map, short conv on k), UCPE
     transforms, its own state ``S_cam``; it shares beta, gamma, the normaliser (the main
-    branch's denominator: a choice, DESIGN.md is silent) and the output gate; its output
+    branch's denominator: a choice, docs/DESIGN.md says so) and the output gate; its output
     projection is zero-initialised.
     """
 
