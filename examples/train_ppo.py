@@ -15,8 +15,11 @@ success, SPL and final distance for both, the way model-based RL papers report t
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import json
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +56,25 @@ class Args:
     """Folder for the trained policy and the evaluation results."""
 
 
-def parse() -> Args:
+CHOICES = {"action_mode": ["planar", "6dof"]}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of the dataclass ``cls`` (a string literal
+    right after the field's annotated assignment; Python keeps none of them at run time)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: inspect.cleandoc(doc.value.value) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def parse(argv: list[str] | None = None) -> Args:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = field_docs(Args)
     for f in dataclasses.fields(Args):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    return Args(**vars(p.parse_args()))
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                       choices=CHOICES.get(f.name), help=docs[f.name].replace("%", "%%") + " (default: %(default)r)")
+    return Args(**vars(p.parse_args(argv)))
 
 
 def evaluate(policy, env_id: str, args: Args, **kwargs) -> dict[str, float]:

@@ -1,10 +1,16 @@
 """The ``sanawm-gym`` command line.
 
-``sanawm-gym demo``      a goal-seeking episode, written as a video (the README's main job)
-``sanawm-gym eval``      success rate and SPL of the scripted policy over seeded episodes
-``sanawm-gym bench``     renderer and env throughput, eager vs compiled side by side
-``sanawm-gym dataset``   write a posed-video training set (the reference world's renders)
-``sanawm-gym record``    a policy's steps logged to Rerun (``.rrd``, live viewer or web viewer) and an mp4
+``sanawm-gym demo``          a goal-seeking episode, written as a video (the README's main job)
+``sanawm-gym eval-policy``   success rate and SPL of the scripted policy over seeded episodes
+``sanawm-gym fidelity``      a world-model checkpoint's PSNR against the exact render, by horizon
+``sanawm-gym bench``         renderer and env throughput, eager vs compiled side by side
+``sanawm-gym dataset``       write a posed-video training set (the reference world's renders)
+``sanawm-gym record``        a policy's steps logged to Rerun (``.rrd``, live viewer or web viewer) and an mp4
+
+``sanawm-gym COMMAND --help`` lists a command's options. A bad argument (an unknown env id,
+a count below 1, ...) exits with status 2 and one line naming the argument and what it
+accepts; ``eval-policy`` scores the scripted policy, ``fidelity`` scores a model (the
+former ``eval`` command is ``eval-policy``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,71 @@ log = logging.getLogger("sanawm_gym")
 DEFAULT_ENV = "SanaWM/ReferenceNav-v0"
 DEMO_ENV = "SanaWM/Nav-v0"
 """The main job's env (``make demo``): imagination, on the shipped world model."""
+
+PASS_THROUGH = {"dataset": "sanawm_gym.dataset", "fidelity": "sanawm_gym.fidelity"}
+"""Commands whose module parses its own arguments: ``sanawm-gym NAME ARGS`` runs
+``module.main(ARGS)`` (its ``--help`` says ``usage: sanawm-gym NAME``)."""
+
+
+# ------------------------------------------------------------------------ argument types
+def env_ids() -> list[str]:
+    """The registered ``SanaWM/*`` env ids, the values ``--env`` accepts."""
+    import gymnasium as gym
+
+    import sanawm_gym  # noqa: F401  (registers the ids)
+
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("SanaWM/"))
+
+
+def _imagined(env_id: str) -> bool:
+    """Whether ``env_id`` is a world-model env (``SanaWM/Nav*``)."""
+    return env_id.split("/")[-1].startswith("Nav")
+
+
+def int_in(low: int, high: int | None = None, even: bool = False):
+    """An argparse ``type`` for integers in ``[low, high]`` (even ones if ``even``); a value
+    outside gives argparse's one-line error naming the option and this range, status 2."""
+    accepted = f"an {'even ' if even else ''}integer " + (f">= {low}" if high is None else f"in [{low}, {high}]")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
+        if value < low or (high is not None and value > high) or (even and value % 2):
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {value}")
+        return value
+
+    parse.__name__ = accepted
+    return parse
+
+
+COUNT = int_in(1)
+SEED = int_in(0)
+PORT = int_in(1, 65535)
+
+
+def _check_model(args: argparse.Namespace, used: bool, user: str) -> None:
+    """``--model``: a folder, and only where a world model is used."""
+    if not args.model:
+        return
+    if not used:
+        args.parser.error(f"argument --model: only {user} uses a world model; drop --model")
+    if not Path(args.model).is_dir():
+        args.parser.error(f"argument --model: {args.model!r} is not a folder (a world-model checkpoint folder with "
+                          f"autoencoder/ and backbone/; leave --model out for the shipped one)")
+
+
+def _load_model(args: argparse.Namespace):
+    """The world model of ``--model`` (shipped one if empty); a bad checkpoint is an
+    argument error, not a traceback."""
+    from sanawm_gym.envs.world_model_nav import load_world_model
+    from world_model.checkpoint import CheckpointError
+
+    try:
+        return load_world_model(args.model or None)
+    except CheckpointError as err:
+        args.parser.error(f"argument --model: {err}")
 
 
 def _make_env(env_id: str, **kwargs):
@@ -50,11 +121,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sanawm_gym.reference_world.topdown import TopDownMap
     from sanawm_gym.video import upscale, write_video
 
-    imagined_env = args.env.split("/")[-1].startswith("Nav")
+    imagined_env = _imagined(args.env)
+    _check_model(args, imagined_env, "a world-model env (SanaWM/Nav-v0, SanaWM/NavPlanar-v0)")
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        args.parser.error(f"argument --out-dir: {str(out_dir)!r} is a file, not a folder")
     kwargs = {"obs_mode": "chunk", "reference_frames": True, "timing_info": True} if imagined_env else {}
     if imagined_env and args.model:
+        _load_model(args)  # a bad checkpoint is an argument error; the env finds it in load_world_model's cache
         kwargs["model"] = args.model
-    out_dir = Path(args.out_dir)
     env = RerunRecorder(_make_env(args.env, **kwargs), "rrd", path=out_dir / "demo.rrd", application_id="sanawm_gym_demo")
     policy = GoalSeekingPolicy(_action_mode(env), seed=args.seed)
     obs, info = env.reset(seed=args.seed)
@@ -112,8 +187,9 @@ def _fit(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-# ------------------------------------------------------------------------------------ eval
-def cmd_eval(args: argparse.Namespace) -> int:
+# ----------------------------------------------------------------------------- eval-policy
+def cmd_eval_policy(args: argparse.Namespace) -> int:
+    """Success rate and SPL of the scripted goal-seeking policy over seeded episodes."""
     from tqdm import tqdm
 
     from policies import GoalSeekingPolicy
@@ -121,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env = _make_env(args.env)
     mode = _action_mode(env)
     results = []
-    for seed in tqdm(range(args.seed, args.seed + args.episodes), desc="eval", unit="episode", disable=args.quiet):
+    for seed in tqdm(range(args.seed, args.seed + args.episodes), desc="eval-policy", unit="episode", disable=args.quiet):
         policy = GoalSeekingPolicy(mode, seed=seed)
         obs, info = env.reset(seed=seed)
         d0 = info["geodesic_distance"]
@@ -142,6 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
+    _check_model(args, args.target == "env", "`bench env`")
     if args.target == "env":
         return _bench_vector_env(args)
     import torch
@@ -186,9 +263,8 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
     import torch
 
     import sanawm_gym  # noqa: F401
-    from sanawm_gym.envs.world_model_nav import load_world_model
 
-    model = load_world_model(args.model or None)
+    model = _load_model(args)
     modes = [(p, c == "on") for c in args.compile for p in args.precision]
     print(f"SanaWM/Nav-v0 native vector env, {model.sample_steps} sampler steps + 1 commit pass per step, "
           f"{model.config.frames_per_latent} frames per step, {torch.get_num_threads()} threads; "
@@ -216,11 +292,12 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------- dataset
-def cmd_dataset(argv: list[str]) -> int:
-    from sanawm_gym.dataset import main as dataset_main
+# ------------------------------------------------------------------------ dataset, fidelity
+def run_pass_through(command: str, argv: list[str]) -> int:
+    """``sanawm-gym dataset ...`` / ``sanawm-gym fidelity ...``: the module's own ``main``."""
+    import importlib
 
-    return dataset_main(argv) or 0
+    return importlib.import_module(PASS_THROUGH[command]).main(argv) or 0
 
 
 # ---------------------------------------------------------------------------------- record
@@ -230,17 +307,22 @@ def cmd_record(args: argparse.Namespace) -> int:
     from sanawm_gym.recording import RerunRecorder
     from sanawm_gym.video import upscale, write_video
 
-    if args.steps < 1:
-        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    if args.out.is_dir():
+        args.parser.error(f"argument --out: {str(args.out)!r} is a directory; give a .rrd file path such as "
+                          f"{str(args.out / 'record.rrd')!r}")
+    if args.out.suffix.lower() != ".rrd":
+        args.parser.error(f"argument --out: must end in .rrd, got {str(args.out)!r}")
     video = args.video or args.out.with_suffix(".mp4")
     if video.suffix.lower() not in (".mp4", ".gif"):
-        raise SystemExit(f"--video must end in .mp4 or .gif, got {video}")
+        args.parser.error(f"argument --video: must end in .mp4 or .gif, got {str(video)!r}")
     mode = "serve" if args.serve else "spawn" if args.spawn else "rrd"
+    inner = _make_env(args.env)
     try:
-        env = RerunRecorder(_make_env(args.env), mode, path=args.out, application_id="sanawm_gym_record",
-                            grpc_port=args.grpc_port, web_port=args.web_port)
-    except ValueError as err:
-        raise SystemExit(f"record: {err}") from err
+        env = RerunRecorder(inner, mode, path=args.out, application_id="sanawm_gym_record", grpc_port=args.grpc_port,
+                            web_port=args.web_port)
+    except ValueError as err:  # the recorder's checks of --out and the ports
+        inner.close()
+        args.parser.error(str(err))
     policy = GoalSeekingPolicy(_action_mode(env), seed=args.seed) if args.policy == "goal-seeking" else None
     env.action_space.seed(args.seed)
 
@@ -287,66 +369,80 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sanawm-gym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ids = env_ids()
+    env_help = "registered env id: " + ", ".join(ids)
 
-    d = sub.add_parser("demo", help="run a goal-seeking episode; write demo.rrd and demo.mp4")
-    d.add_argument("--env", default=DEMO_ENV, help="registered env id")
-    d.add_argument("--model", default="", help="world-model checkpoint folder (default: the shipped one)")
-    d.add_argument("--seed", type=int, default=1, help="episode seed")
+    d = sub.add_parser("demo", help="run a goal-seeking episode; write demo.rrd and demo.mp4",
+                       description="One goal-seeking episode -> OUT_DIR/demo.rrd and OUT_DIR/demo.mp4 "
+                                   "(the agent's frames | the exact reference render | a top-down map).")
+    d.add_argument("--env", default=DEMO_ENV, choices=ids, metavar="ID", help=f"{env_help} (default: %(default)s)")
+    d.add_argument("--model", default="", help="world-model checkpoint folder (default: the shipped one); "
+                                               "world-model envs only")
+    d.add_argument("--seed", type=SEED, default=1, help="episode seed, >= 0 (default: %(default)s)")
     d.add_argument("--out-dir", type=Path, default=Path("outputs"), help="folder for demo.rrd and demo.mp4")
-    d.add_argument("--video-size", type=int, default=256, help="side of each video panel (pixels, even)")
+    d.add_argument("--video-size", type=int_in(2, even=True), default=256,
+                   help="side of each video panel in pixels, even (H.264), >= 2 (default: %(default)s)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=cmd_demo, parser=d)
 
-    e = sub.add_parser("eval", help="success rate of the scripted policy")
-    e.add_argument("--env", default=DEFAULT_ENV)
-    e.add_argument("--episodes", type=int, default=50)
-    e.add_argument("--seed", type=int, default=0, help="first episode seed")
-    e.add_argument("--quiet", action="store_true")
-    e.set_defaults(func=cmd_eval)
+    e = sub.add_parser("eval-policy", help="success rate and SPL of the scripted policy (`fidelity` scores a model)",
+                       description="Success rate, SPL (on the geodesic start distance) and mean final distance of "
+                                   "the scripted goal-seeking policy over seeded episodes. To score a world model "
+                                   "against the exact render, see `sanawm-gym fidelity`.")
+    e.add_argument("--env", default=DEFAULT_ENV, choices=ids, metavar="ID", help=f"{env_help} (default: %(default)s)")
+    e.add_argument("--episodes", type=COUNT, default=50, help="episodes, >= 1 (default: %(default)s)")
+    e.add_argument("--seed", type=SEED, default=0, help="first episode seed, >= 0 (default: %(default)s)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval_policy, parser=e)
 
     b = sub.add_parser("bench", help="renderer and env throughput; `bench env`: the batched world-model env")
     b.add_argument("target", nargs="?", default="render", choices=["render", "env"], help="what to benchmark")
-    b.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16, 64], help="`bench env`: batch sizes")
-    b.add_argument("--model", default="", help="`bench env`: world-model checkpoint (default: the shipped one)")
+    b.add_argument("--num-envs", type=COUNT, nargs="+", default=[1, 4, 16, 64], help="`bench env`: batch sizes, >= 1")
+    b.add_argument("--model", default="", help="`bench env`: world-model checkpoint folder (default: the shipped one)")
     b.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
                    help="`bench env`: precisions to measure side by side (x N=1 is within one precision)")
     b.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
                    help="`bench env`: eager (off) and/or torch.compile'd (on) model passes, side by side; "
                         "`on` builds the compiled passes once per batch size and precision (untimed)")
-    b.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    b.add_argument("--batch", type=int, default=64, help="cameras per render call")
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--env-steps", type=int, default=200, help="timed env steps (`bench env`: per batch size)")
-    b.add_argument("--seed", type=int, default=0)
-    b.set_defaults(func=cmd_bench)
+    b.add_argument("--sizes", type=COUNT, nargs="+", default=[64, 128], help="render sizes in pixels, >= 1")
+    b.add_argument("--batch", type=COUNT, default=64, help="cameras per render call, >= 1")
+    b.add_argument("--repeats", type=COUNT, default=5, help="timed render calls per size, >= 1")
+    b.add_argument("--env-steps", type=COUNT, default=200, help="timed env steps, >= 1 (`bench env`: per batch size)")
+    b.add_argument("--seed", type=SEED, default=0, help="scene and action seed, >= 0")
+    b.set_defaults(func=cmd_bench, parser=b)
 
     r = sub.add_parser("record", help="log a policy's steps to Rerun (.rrd, --spawn, --serve) and write an mp4")
-    r.add_argument("--env", default=DEFAULT_ENV, help="registered env id")
+    r.add_argument("--env", default=DEFAULT_ENV, choices=ids, metavar="ID", help=f"{env_help} (default: %(default)s)")
     r.add_argument("--policy", choices=["goal-seeking", "random"], default="goal-seeking")
-    r.add_argument("--steps", type=int, default=200, help="env steps to record (resets on episode end)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the first episode and of the policy")
+    r.add_argument("--steps", type=COUNT, default=200, help="env steps to record, >= 1 (resets on episode end)")
+    r.add_argument("--seed", type=SEED, default=0, help="seed of the first episode and of the policy, >= 0")
     r.add_argument("--out", type=Path, default=Path("outputs/record.rrd"), help=".rrd file to write")
-    r.add_argument("--video", type=Path, default=None, help="mp4 of the observations (default: beside --out)")
+    r.add_argument("--video", type=Path, default=None, help=".mp4 (or .gif) of the observations (default: beside --out)")
     viewer = r.add_mutually_exclusive_group()
     viewer.add_argument("--serve", action="store_true", help="also serve a web viewer on localhost (--web-port)")
     viewer.add_argument("--spawn", action="store_true", help="also stream to a spawned native viewer")
-    r.add_argument("--web-port", type=int, default=9090, help="--serve: port of the web viewer")
-    r.add_argument("--grpc-port", type=int, default=9876, help="--serve / --spawn: port of the data server")
-    r.set_defaults(func=cmd_record)
+    r.add_argument("--web-port", type=PORT, default=9090, help="--serve: port of the web viewer, in [1, 65535]")
+    r.add_argument("--grpc-port", type=PORT, default=9876, help="--serve / --spawn: port of the data server, in [1, 65535]")
+    r.set_defaults(func=cmd_record, parser=r)
 
+    # parsed by their own modules (main() hands them the rest of the command line); listed here for --help
     sub.add_parser("dataset", help="write a posed-video dataset (see `sanawm-gym dataset --help`)", add_help=False)
+    sub.add_parser("fidelity", help="score a world-model checkpoint against the exact render "
+                                    "(see `sanawm-gym fidelity --help`)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if argv and argv[0] == "dataset":
-        return cmd_dataset(argv[1:])
-    args = build_parser().parse_args(argv)
-    if getattr(args, "video_size", 2) % 2:
-        raise SystemExit("--video-size must be even (H.264 needs even frame sizes)")
+    if argv and argv[0] in PASS_THROUGH:
+        return run_pass_through(argv[0], argv[1:])
+    parser = build_parser()
+    if argv and argv[0] == "eval":
+        parser.error("the command `eval` is now `eval-policy` (the scripted policy's success rate and SPL); "
+                     "`sanawm-gym fidelity` scores a world model")
+    args = parser.parse_args(argv)
     return args.func(args)
 
 
