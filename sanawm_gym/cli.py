@@ -72,6 +72,14 @@ SEED = int_in(0)
 PORT = int_in(1, 65535)
 
 
+def THREADS(text: str) -> str:  # noqa: N802 (an argparse type, named like the others)
+    """``auto`` or an integer >= 1 (kept as text; the bench resolves ``auto`` per batch size)."""
+    return text if text == "auto" else str(COUNT(text))
+
+
+THREADS.__name__ = "'auto' or an integer >= 1"
+
+
 def _check_model(args: argparse.Namespace, used: bool, user: str) -> None:
     """``--model``: a folder, and only where a world model is used."""
     if not args.model:
@@ -264,18 +272,24 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
 
     import sanawm_gym  # noqa: F401
 
+    from sanawm_gym.envs.world_model_nav import inference_threads
+    from world_model.world_model import has_native_bf16, resolve_precision
+
     model = _load_model(args)
-    modes = [(p, c == "on") for c in args.compile for p in args.precision]
+    modes = [(p, c == "on", t) for t in args.threads for c in args.compile for p in args.precision]
     print(f"SanaWM/Nav-v0 native vector env, {model.sample_steps} sampler steps + 1 commit pass per step, "
-          f"{model.config.frames_per_latent} frames per step, {torch.get_num_threads()} threads; "
-          f"x N=1 compares within one mode, x base with the first mode at the same N")
-    print(f"{'envs':>5} {'precision':>9} {'compile':>7} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x base':>7}")
+          f"{model.config.frames_per_latent} frames per step; precision 'auto' is {resolve_precision('auto')} here "
+          f"(native bf16 matrix units: {'yes' if has_native_bf16() else 'no'}); threads 'auto': 1 below 16 envs, "
+          f"else all CPUs; x N=1 compares within one mode, x base with the first mode at the same N")
+    print(f"{'envs':>5} {'precision':>9} {'compile':>7} {'threads':>7} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} "
+          f"{'x base':>7}")
     first_n: dict[tuple, float] = {}
     for n in args.num_envs:
         base = None
-        for precision, compiled in modes:
+        for precision, compiled, threads in modes:
+            chosen = inference_threads(n, None if threads == "auto" else int(threads))
             venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
-                                precision=precision, compile=compiled)
+                                precision=precision, compile=compiled, threads=chosen)
             venv.reset(seed=args.seed)
             actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
             venv.step(actions[0])  # warm-up (and, compiled, the build)
@@ -284,11 +298,15 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
                 venv.step(a)
             dt = time.perf_counter() - t0
             frames = n * args.env_steps * model.config.frames_per_latent / dt
-            first_n.setdefault((precision, compiled), frames)
+            first_n.setdefault((precision, compiled, threads), frames)
             base = base or frames
-            print(f"{n:>5} {precision:>9} {'on' if compiled else 'off':>7} {n * args.env_steps / dt:>9.1f} {frames:>9.1f} "
-                  f"{frames / first_n[precision, compiled]:>6.1f}x {frames / base:>6.2f}x", flush=True)
+            shown = venv.unwrapped.core.precision + ("*" if precision == "auto" else "")
+            print(f"{n:>5} {shown:>9} {'on' if compiled else 'off':>7} {torch.get_num_threads():>7} "
+                  f"{n * args.env_steps / dt:>9.1f} {frames:>9.1f} {frames / first_n[precision, compiled, threads]:>6.1f}x "
+                  f"{frames / base:>6.2f}x", flush=True)
             venv.close()
+    if "auto" in args.precision:
+        print("* chosen by precision='auto'")
     return 0
 
 
@@ -400,8 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("target", nargs="?", default="render", choices=["render", "env"], help="what to benchmark")
     b.add_argument("--num-envs", type=COUNT, nargs="+", default=[1, 4, 16, 64], help="`bench env`: batch sizes, >= 1")
     b.add_argument("--model", default="", help="`bench env`: world-model checkpoint folder (default: the shipped one)")
-    b.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
-                   help="`bench env`: precisions to measure side by side (x N=1 is within one precision)")
+    b.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["auto", "float32", "bfloat16"],
+                   help="`bench env`: precisions to measure side by side (x N=1 is within one precision); 'auto' "
+                        "is what the env picks by default (bfloat16 only with native bf16 matrix units)")
+    b.add_argument("--threads", nargs="+", default=["auto"], type=THREADS,
+                   help="`bench env`: torch threads to measure side by side: 'auto' (the env's default: 1 below 16 "
+                        "envs, else all CPUs) or integers >= 1")
     b.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
                    help="`bench env`: eager (off) and/or torch.compile'd (on) model passes, side by side; "
                         "`on` builds the compiled passes once per batch size and precision (untimed)")

@@ -53,7 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", action="store_true",
                    help="evaluate the autoencoder alone: reconstruction PSNR / SSIM of the clips")
     args = p.parse_args(argv)
-    frames = 1 + 4 * int(round(args.seconds * FPS / 4))
+    if args.clips < 1:
+        p.error(f"argument --clips: must be an integer >= 1, got {args.clips}")
+    if not 0 < args.seconds <= 600:
+        p.error(f"argument --seconds: must be in (0, 600] seconds, got {args.seconds:g}")
+    if args.seed < 0:
+        p.error(f"argument --seed: must be an integer >= 0, got {args.seed}")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"argument --steps: must be an integer >= 1, got {args.steps}")
+    if any(not 0 < h <= args.seconds for h in args.horizons):
+        p.error(f"argument --horizons: each must be in (0, --seconds={args.seconds:g}], got {args.horizons}")
+    frames = 1 + 4 * max(1, int(round(args.seconds * FPS / 4)))
     if args.autoencoder:
         return _evaluate_autoencoder(args, frames)
     wm = WorldModel.from_pretrained(args.model)

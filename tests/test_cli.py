@@ -63,6 +63,12 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
                      "--precision", "float32", "--compile", "off", "on")
     rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "float32", "on"]] and float(rows[1][-1][:-1]) > 0
+    stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "--env-steps", "2",
+                     "--precision", "auto", "--threads", "auto", "2")
+    assert "precision 'auto' is " in stdout and "* chosen by precision='auto'" in stdout
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [(r[0], r[1].rstrip("*"), r[3]) for r in rows] == [("1", "float32", "1"), ("1", "float32", "2")] or \
+        [r[1] for r in rows] == ["bfloat16*", "bfloat16*"]  # auto: float32 without native bf16 matrix units
 
 
 # ------------------------------------------------------------------------ in-process checks
@@ -119,8 +125,13 @@ ENV_CHOICES = "(choose from 'SanaWM/Nav-v0', 'SanaWM/NavPlanar-v0', 'SanaWM/Refe
     (["record", "--policy", "smart"], "record: error: argument --policy: invalid choice: 'smart'"),
     (["bench", "--sizes", "64", "0"], "bench: error: argument --sizes: must be an integer >= 1, got 0"),
     (["bench", "env", "--num-envs", "-2"], "bench: error: argument --num-envs: must be an integer >= 1, got -2"),
+    (["bench", "env", "--threads", "0"], "bench: error: argument --threads: must be an integer >= 1, got 0"),
     (["bench", "--repeats", "0"], "bench: error: argument --repeats: must be an integer >= 1, got 0"),
     (["bench", "--model", "runs/x"], "bench: error: argument --model: only `bench env` uses a world model"),
+    (["fidelity", "--clips", "0"], "fidelity: error: argument --clips: must be an integer >= 1, got 0"),
+    (["fidelity", "--seconds", "-1"], "fidelity: error: argument --seconds: must be in (0, 600] seconds, got -1"),
+    (["fidelity", "--steps", "0"], "fidelity: error: argument --steps: must be an integer >= 1, got 0"),
+    (["fidelity", "--seconds", "2", "--horizons", "5"], "fidelity: error: argument --horizons: each must be in (0,"),
     (["eval"], "sanawm-gym: error: the command `eval` is now `eval-policy`"),
     (["evaluate"], "sanawm-gym: error: argument COMMAND: invalid choice: 'evaluate'"),
 ])

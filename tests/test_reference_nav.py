@@ -223,7 +223,7 @@ def test_fixed_scene_and_scene_seed_option():
 
 @pytest.mark.parametrize("env_id, mode", [("SanaWM/ReferenceNav-v0", "6dof"), ("SanaWM/ReferenceNavPlanar-v0", "planar")])
 def test_scripted_policy_reaches_most_goals(env_id, mode):
-    """`sanawm-gym eval --episodes 50` reports the 50-seed figure; here 10 seeds."""
+    """`sanawm-gym eval-policy --episodes 50` reports the 50-seed figure; here 10 seeds."""
     env = gym.make(env_id)
     successes = 0
     for seed in range(10):
@@ -239,7 +239,7 @@ def test_scripted_policy_reaches_most_goals(env_id, mode):
 
 @pytest.mark.slow
 def test_scripted_policy_success_rate_over_50_seeds():
-    """The figure `sanawm-gym eval --episodes 50 --env SanaWM/ReferenceNavPlanar-v0` prints
+    """The figure `sanawm-gym eval-policy --episodes 50 --env SanaWM/ReferenceNavPlanar-v0` prints
     (`make test-slow`)."""
     env = gym.make("SanaWM/ReferenceNavPlanar-v0")
     successes = 0
