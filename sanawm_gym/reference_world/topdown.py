@@ -35,11 +35,17 @@ class TopDownMap:
         img[at_camera < 0.0] = (70, 70, 80)
         self.base = img
 
-    def to_pixel(self, xy: np.ndarray) -> np.ndarray:
-        """World ``(..., 2)`` -> integer pixel ``(..., 2)`` as (row, col)."""
+    def to_image(self, xy: np.ndarray) -> np.ndarray:
+        """World ``(..., 2)`` -> continuous image coordinates ``(..., 2)`` as (x = col, y = row),
+        pixel ``(row, col)`` covering ``[col, col + 1] x [row, row + 1]`` (not clipped)."""
+        xy = np.asarray(xy)
         col = (xy[..., 0] + self.half) / (2 * self.half) * self.size
         row = (self.half - xy[..., 1]) / (2 * self.half) * self.size
-        return np.clip(np.stack([row, col], -1).astype(int), 0, self.size - 1)
+        return np.stack([col, row], -1)
+
+    def to_pixel(self, xy: np.ndarray) -> np.ndarray:
+        """World ``(..., 2)`` -> integer pixel ``(..., 2)`` as (row, col)."""
+        return np.clip(self.to_image(xy)[..., ::-1].astype(int), 0, self.size - 1)
 
     def draw(self, path_xy: np.ndarray, goal_xy: np.ndarray, heading: float | None = None) -> np.ndarray:
         """The map with ``path_xy (T, 2)`` in blue, the goal as a green disc, the camera in red."""
