@@ -376,3 +376,13 @@ def test_snapshot_files_restore_bit_for_bit_in_another_process(model, tmp_path):
     (tmp_path / "snap.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="snap.safetensors"):
         env.unwrapped.load_state(tmp_path / "snap")
+
+
+def test_native_vector_env_exposes_scenes_and_intrinsics_for_recorders(model):
+    venv = gym.make_vec("SanaWM/Nav-v0", num_envs=2, vectorization_mode="vector_entry_point", model=model)
+    venv.reset(seed=0, options=None)
+    scenes = venv.unwrapped.get_attr("scene")
+    assert len(scenes) == 2 and all(s is not None for s in scenes)
+    assert venv.unwrapped.intrinsics.shape == (3, 3)
+    with pytest.raises(AttributeError, match="'scene'"):
+        venv.unwrapped.get_attr("pose")

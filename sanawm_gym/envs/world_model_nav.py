@@ -635,3 +635,15 @@ class WorldModelNavVectorEnv(gym.vector.VectorEnv):
         if self.render_mode != "rgb_array" or self.core.state is None:
             return None
         return self.core.frames[:, -1].copy()
+
+    @property
+    def intrinsics(self) -> np.ndarray:
+        """``(3, 3)`` intrinsics of every row's frames."""
+        return self.core.intrinsics
+
+    def get_attr(self, name: str) -> tuple:
+        """Per-row values of a row attribute, as Gymnasium's vector envs return them; the
+        batched core has one: ``"scene"`` (each row's reference scene, None for a user image)."""
+        if name != "scene":
+            raise AttributeError(f"the native vector env has no per-row attribute {name!r}; it has 'scene'")
+        return tuple(self.core.scenes)
