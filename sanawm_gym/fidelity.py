@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=4, help="held-out clips")
     p.add_argument("--seconds", type=float, default=60.0, help="clip length (seconds at 16 fps)")
     p.add_argument("--seed", type=int, default=2000, help="dataset seed of the held-out clips")
-    p.add_argument("--horizons", type=float, nargs="+", default=[0.5, 2.0, 10.0, 60.0], help="seconds")
+    p.add_argument("--horizons", type=float, nargs="+", default=None,
+                   help="seconds after the first frame (default: those of 0.5 2 10 60 within --seconds)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--out", type=Path, default=Path("outputs/eval"))
     p.add_argument("--autoencoder", action="store_true",
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"argument --seed: must be an integer >= 0, got {args.seed}")
     if args.steps is not None and args.steps < 1:
         p.error(f"argument --steps: must be an integer >= 1, got {args.steps}")
+    if args.horizons is None:
+        args.horizons = [h for h in (0.5, 2.0, 10.0, 60.0) if h <= args.seconds] or [args.seconds]
     if any(not 0 < h <= args.seconds for h in args.horizons):
         p.error(f"argument --horizons: each must be in (0, --seconds={args.seconds:g}], got {args.horizons}")
     frames = 1 + 4 * max(1, int(round(args.seconds * FPS / 4)))
