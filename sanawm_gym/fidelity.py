@@ -1,11 +1,15 @@
-"""Evaluate a world-model checkpoint on held-out reference-world clips.
+"""Score a world-model checkpoint against the exact reference render.
 
-    sanawm-gym fidelity                          # the shipped checkpoint, a fresh 60 s held-out set
-    sanawm-gym fidelity --model runs/teacher/final --data /tmp/heldout60 --clips 4
+    sanawm-gym fidelity                          # the shipped checkpoint, the short fidelity suite
+    sanawm-gym fidelity --suite long --model runs/teacher/final
+    sanawm-gym fidelity --model runs/teacher/final --data /tmp/heldout60 --clips 4 --seconds 60
     sanawm-gym fidelity --autoencoder --data /tmp/dsval --clips 32 --seconds 2 --seed 1000
 
-Writes (atomically) a held-out set of ``--clips`` clips of ``--seconds`` seconds if
-``--data`` does not hold one yet (seed ``--seed``, never a training seed), generates each
+Without ``--data`` it runs the fidelity suite (:mod:`sanawm_gym.fidelity_suite`: motion,
+still camera and revisit sets, PSNR / SSIM / sharpness beside two baselines). With
+``--data`` it scores one set of clips along the dataset's random camera paths: it writes
+(atomically) a held-out set of ``--clips`` clips of ``--seconds`` seconds if ``--data``
+does not hold one yet (seed ``--seed``, never a training seed), generates each
 clip from its first frame along its true camera path, and prints PSNR against the exact
 render at each horizon for the model, the model with its camera conditioning off, and the
 first frame repeated. Saves ``psnr-horizon.png``, ``rollout.png`` (reference rows above
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from sanawm_gym.dataset import write_dataset
+from sanawm_gym.fidelity_suite import SUITES, format_report, run_suite
 from world_model.autoencoder import load_autoencoder
 from world_model.data import PosedVideoDataset
 from world_model.scoring import (
@@ -43,14 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sanawm-gym fidelity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
-    p.add_argument("--data", type=Path, default=Path("outputs/heldout60"), help="held-out dataset folder")
+    p.add_argument("--suite", choices=sorted(SUITES), default="short",
+                   help="without --data: the fidelity suite to run (short: about 5-10 min on 2 cores; long adds 60 s clips)")
+    p.add_argument("--data-root", type=Path, default=Path("outputs/heldout"),
+                   help="folder of the suite's held-out sets (written resumably, clip by clip)")
+    p.add_argument("--data", type=Path, default=None, help="score this one held-out dataset folder instead of the suite")
     p.add_argument("--clips", type=int, default=4, help="held-out clips")
     p.add_argument("--seconds", type=float, default=60.0, help="clip length (seconds at 16 fps)")
     p.add_argument("--seed", type=int, default=2000, help="dataset seed of the held-out clips")
     p.add_argument("--horizons", type=float, nargs="+", default=None,
                    help="seconds after the first frame (default: those of 0.5 2 10 60 within --seconds)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    p.add_argument("--out", type=Path, default=Path("outputs/eval"))
+    p.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="folder for report.json and pictures")
     p.add_argument("--autoencoder", action="store_true",
                    help="evaluate the autoencoder alone: reconstruction PSNR / SSIM of the clips")
     args = p.parse_args(argv)
@@ -67,9 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0 < h <= args.seconds for h in args.horizons):
         p.error(f"argument --horizons: each must be in (0, --seconds={args.seconds:g}], got {args.horizons}")
     frames = 1 + 4 * max(1, int(round(args.seconds * FPS / 4)))
+    if args.data is None and args.autoencoder:
+        args.data = args.data_root / f"autoencoder-{args.clips}x{frames}-seed{args.seed}"
     if args.autoencoder:
         return _evaluate_autoencoder(args, frames)
     wm = WorldModel.from_pretrained(args.model)
+    if args.data is None:
+        t0 = time.perf_counter()
+        report = run_suite(wm, args.suite, args.data_root, args.out, args.steps)
+        print(format_report(report))
+        print(f"{time.perf_counter() - t0:.0f} s; per-clip values in {args.out / 'report.json'}, pictures in "
+              f"{args.out}/<set>/")
+        return 0
     H, W = wm.image_hw
     write_dataset(args.data, args.clips, frames, height=H, width=W, seed=args.seed, progress=True)
     heldout = PosedVideoDataset(args.data, frames, random_crop=False)

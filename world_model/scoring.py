@@ -24,7 +24,8 @@ from world_model.generation import rollout_latents
 from world_model.model import WorldModelBackbone
 from world_model.plots import plot_curves, save_png, video_grid
 
-__all__ = ["FPS", "PSNR_CAP", "evaluate_reconstruction", "evaluate_rollouts", "save_horizon_plot"]
+__all__ = ["BASELINES", "FPS", "METRICS", "PSNR_CAP", "evaluate_reconstruction", "evaluate_rollouts", "frame_metrics",
+           "rollout_videos", "save_horizon_plot", "sharpness"]
 
 FPS = 16.0
 """Raw frames per second of the reference videos."""
@@ -61,48 +62,103 @@ def evaluate_reconstruction(ae: Autoencoder, heldout: Dataset, batch_size: int =
             "psnr_worst_clip": float(p.mean(1).min())}
 
 
+def sharpness(images: Tensor) -> Tensor:
+    """Per-image high-frequency energy ``(N,)`` of images ``(N, C, H, W)`` in [-1, 1]: the
+    mean square of a 3x3 Laplacian's response (interior pixels, every channel). A blur
+    lowers it; :func:`frame_metrics` reports the generated frame's over the reference's."""
+    x = images.float()
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device)
+    weight = kernel.expand(x.shape[1], 1, 3, 3)
+    response = torch.nn.functional.conv2d(x, weight, groups=x.shape[1])  # (N, C, H-2, W-2)
+    return response.square().mean(dim=(1, 2, 3))
+
+
+METRICS = ("psnr", "ssim", "sharpness")
+"""Per-frame scores of a generated frame against its reference: PSNR (dB, capped at
+:data:`PSNR_CAP`), SSIM, and the sharpness ratio (generated high-frequency energy over the
+reference's: 1 keeps the detail, below 1 is blurrier, so a blur cannot pass as fidelity
+the way it does under PSNR)."""
+
+
+def frame_metrics(generated: Tensor, reference: Tensor) -> dict[str, Tensor]:
+    """``(B, F)`` of each of :data:`METRICS` for videos ``(B, F, 3, H, W)`` in [-1, 1]."""
+    B, F = reference.shape[:2]
+    gen, ref = generated.flatten(0, 1), reference.flatten(0, 1)
+    return {"psnr": psnr(gen, ref).view(B, F).clamp(max=PSNR_CAP), "ssim": ssim(gen, ref).view(B, F),
+            "sharpness": (sharpness(gen) / sharpness(ref).clamp_min(1e-8)).view(B, F)}
+
+
+BASELINES = ("no_camera", "first_frame")
+"""The two baselines every rollout is scored beside: the model with its camera conditioning
+off, and the first frame repeated."""
+
+
+@torch.no_grad()
+def rollout_videos(backbone: WorldModelBackbone, ae: Autoencoder, video: Tensor, c2w: Tensor, intrinsics: Tensor,
+                   image_hw: tuple[int, int], times: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    """For reference clips ``video (B, F, 3, H, W)`` in [-1, 1] along ``c2w (B, F, 4, 4)``
+    with ``intrinsics (B, 3, 3)``: the model's video generated from the first frame, the
+    camera-off baseline's and the first frame repeated, each ``(B, F, 3, H, W)`` in [-1, 1]."""
+    F = video.shape[1]
+    T = 1 + (F - 1) // backbone.cfg.frames_per_latent
+    first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
+    cam = backbone.camera(c2w, intrinsics, image_hw)
+    out = {}
+    for name, c in (("model", cam), ("no_camera", None)):
+        lat, _ = rollout_latents(backbone, first, c, T, times, generator)
+        out[name] = ae.decode(lat).clamp(-1, 1)
+    out["first_frame"] = video[:, :1].expand_as(video)
+    return out
+
+
 @torch.no_grad()
 def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Dataset, image_hw: tuple[int, int],
                       sample_steps: int, sample_shift: float, horizons_s: tuple[float, ...], batch_size: int = 4,
-                      picture: Path | None = None, seed: int = 0) -> dict[str, Any]:
-    """PSNR by raw frame of generated vs reference video for the model, the model without
-    camera conditioning and the first frame repeated (means over clips, ``curve_*``), floats
-    at ``horizons_s`` seconds (``psnr_<name>_<h>s``) and the per-clip values behind them
-    (``clips_<name>_<h>s``, lists in clip order). ``picture``: a PNG of the reference (odd
-    rows) and generated (even rows) frames of the first clips."""
-    m = backbone.cfg
+                      picture: Path | None = None, seed: int = 0, frames: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Scores by raw frame of generated vs reference video for the model, the model without
+    camera conditioning and the first frame repeated: PSNR means over clips (``curve_<name>``),
+    floats at ``horizons_s`` seconds (``psnr_<name>_<h>s``) and the per-clip values behind
+    them (``clips_<name>_<h>s``, lists in clip order); the same for SSIM and the sharpness
+    ratio (``curve_ssim_<name>``, ``ssim_<name>_<h>s``, ``clips_ssim_<name>_<h>s``, and
+    ``sharpness`` likewise). ``frames``: raw frame indices whose per-clip videos are also
+    returned under ``videos`` (``{name: (N, len(frames), 3, H, W)}``, for scores that
+    compare frames of one clip with each other, such as a revisit). ``picture``: a PNG of
+    the reference (odd rows) and generated (even rows) frames of the first clips."""
     times = sampling_times(sample_steps, sample_shift)
-    curves: dict[str, list[Tensor]] = {"model": [], "no_camera": [], "first_frame": []}
+    names = ("model",) + BASELINES
+    scores: dict[str, dict[str, list[Tensor]]] = {m: {n: [] for n in names} for m in METRICS}
+    kept: dict[str, list[Tensor]] = {n: [] for n in names + ("reference",)}
     pictures: list[np.ndarray] = []
     g = torch.Generator().manual_seed(seed)
     for batch in DataLoader(heldout, batch_size=batch_size):
         video = batch["video"]  # (B, F, 3, H, W) exact renders in [-1, 1]
-        B, F = video.shape[:2]
-        T = 1 + (F - 1) // m.frames_per_latent
-        first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
-        cam = backbone.camera(batch["c2w"], batch["intrinsics"][:, 0], image_hw)
-        for name, c in (("model", cam), ("no_camera", None)):
-            lat, _ = rollout_latents(backbone, first, c, T, times, g)
-            gen = ae.decode(lat).clamp(-1, 1)  # (B, F, 3, H, W)
-            curves[name].append(psnr(gen.flatten(0, 1), video.flatten(0, 1)).view(B, F).clamp(max=PSNR_CAP))
-            if name == "model" and len(pictures) < 4:
-                every = max(1, F // 8)
-                for b in range(min(B, 2)):
-                    pictures += [_uint8(video[b, ::every]), _uint8(gen[b, ::every])]
-        rep = video[:, :1].expand_as(video)
-        curves["first_frame"].append(psnr(rep.flatten(0, 1), video.flatten(0, 1)).view(B, F).clamp(max=PSNR_CAP))
-    fps = FPS
+        F = video.shape[1]
+        videos = rollout_videos(backbone, ae, video, batch["c2w"], batch["intrinsics"][:, 0], image_hw, times, g)
+        for name, gen in videos.items():
+            for metric, values in frame_metrics(gen, video).items():
+                scores[metric][name].append(values)
+        if frames:
+            for name, gen in {**videos, "reference": video}.items():
+                kept[name].append(gen[:, list(frames)])
+        if len(pictures) < 4:
+            every = max(1, F // 8)
+            for b in range(min(video.shape[0], 2)):
+                pictures += [_uint8(video[b, ::every]), _uint8(videos["model"][b, ::every])]
     report: dict[str, Any] = {}
-    for name, parts in curves.items():
-        per_clip = torch.cat(parts)  # (N, F)
-        curve = per_clip.mean(0)  # (F,) mean over clips
-        report[f"curve_{name}"] = curve.tolist()
-        for h in horizons_s:
-            i = int(round(h * fps))
-            if i < curve.shape[0]:
-                report[f"psnr_{name}_{h:g}s"] = float(curve[i])
-                report[f"clips_{name}_{h:g}s"] = per_clip[:, i].tolist()
-        report[f"psnr_{name}_mean"] = float(curve[1:].mean())
+    for metric in METRICS:
+        prefix = "" if metric == "psnr" else f"{metric}_"
+        for name, parts in scores[metric].items():
+            per_clip = torch.cat(parts)  # (N, F)
+            curve = per_clip.mean(0)  # (F,) mean over clips
+            report[f"curve_{prefix}{name}"] = curve.tolist()
+            for h in horizons_s:
+                i = int(round(h * FPS))
+                if i < curve.shape[0]:
+                    report[f"{metric}_{name}_{h:g}s"] = float(curve[i])
+                    report[f"clips_{prefix}{name}_{h:g}s"] = per_clip[:, i].tolist()
+            report[f"{metric}_{name}_mean"] = float(curve[1:].mean())
+    if frames:
+        report["videos"] = {name: torch.cat(parts) for name, parts in kept.items()}
     if picture is not None and pictures:
         save_png(video_grid(pictures), picture)
     return report

@@ -1,0 +1,82 @@
+"""The fidelity suite: its held-out clips, its scores and the command, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sanawm_gym.fidelity_suite as suite
+from world_model.geometry import intrinsics_from_fov, is_rigid
+from world_model.scoring import PSNR_CAP, frame_metrics, sharpness
+
+from test_world_model import tiny_world_model
+
+
+@pytest.fixture(autouse=True)
+def _eager(monkeypatch):
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")  # tiny frames: compiling would cost more than it saves
+
+
+def test_sharpness_ratio_sees_a_blur_that_psnr_forgives():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 2, 3, 32, 32, generator=g) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(ref.flatten(0, 1), 3, 1, 1).view_as(ref)
+    same = frame_metrics(ref, ref)
+    assert torch.allclose(same["sharpness"], torch.ones(1, 2)) and (same["psnr"] == PSNR_CAP).all()
+    blur = frame_metrics(blurred, ref)
+    assert (blur["sharpness"] < 0.3).all()
+    assert sharpness(torch.zeros(2, 3, 16, 16)).eq(0).all()
+
+
+def test_revisit_clip_returns_exactly_to_its_midway_pose():
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    clip = suite.revisit_clip(4500, 0, (32, 32), K)
+    c2w = clip["c2w"].double().numpy()
+    assert c2w.shape == (81, 4, 4) and bool(np.all(is_rigid(c2w, 1e-4)))
+    first, away, back = suite.REVISIT_FRAMES
+    np.testing.assert_allclose(c2w[back], c2w[first], atol=1e-5)
+    assert np.linalg.norm(c2w[first, :3, 3] - c2w[0, :3, 3]) == pytest.approx(1.0, abs=1e-4)
+    assert c2w[away, :3, 2] @ c2w[first, :3, 2] == pytest.approx(-1.0, abs=1e-4)  # facing the other way
+    torch.testing.assert_close(clip["video"][back], clip["video"][first])  # the same view, rendered exactly
+    still = suite.still_clip(4000, 0, 9, (32, 32), K)
+    assert (still["video"] == still["video"][:1]).all() and (still["c2w"] == still["c2w"][:1]).all()
+
+
+def test_suite_scores_every_set_and_writes_clip_by_clip(tmp_path, monkeypatch, capsys):
+    small = (suite.HeldoutSet("motion", "motion", 2, 1.0, 3100, (0.5, 1.0)),
+             suite.HeldoutSet("still", "still", 2, 1.0, 4000, (1.0,)),
+             suite.HeldoutSet("revisit", "revisit", 2, 5.0, 4500))
+    monkeypatch.setitem(suite.SUITES, "short", small)
+    wm = tiny_world_model()
+    report = suite.run_suite(wm, "short", tmp_path / "data", tmp_path / "out", log=lambda *_: None)
+    sets = report["sets"]
+    assert set(sets) == {"motion", "still", "revisit"}
+    row = sets["motion"]["horizons"]["1s"]
+    for key in ("psnr_model", "psnr_no_camera", "psnr_first_frame", "ssim_model", "sharpness_model"):
+        assert np.isfinite(row[key]) and len(row[f"clips_{key}"]) == 2
+    assert sets["still"]["horizons"]["1s"]["psnr_first_frame"] == pytest.approx(PSNR_CAP)  # the reference is frame 0
+    revisit = sets["revisit"]["revisit"]
+    assert len(revisit["clips_return_vs_first_visit_model"]) == 2 and revisit["wrong_view"] < PSNR_CAP
+    shards = sorted((tmp_path / "data").glob("motion-*/shard-*.safetensors"))
+    assert len(shards) == 2  # one clip per shard: an interrupted run keeps every finished clip
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["sets"]["revisit"]["revisit"] == revisit
+    for name in ("motion", "still", "revisit"):
+        assert (tmp_path / "out" / name / "rollout.png").is_file()
+        assert (tmp_path / "out" / name / "psnr-horizon.png").is_file()
+    table = suite.format_report(report)
+    assert "revisit   return" in table and "still" in table and "a wrong view scores" in table
+
+
+def test_fidelity_command_runs_the_suite_without_data(tmp_path, monkeypatch, capsys):
+    from sanawm_gym.fidelity import main
+
+    monkeypatch.setitem(suite.SUITES, "short", (suite.HeldoutSet("still", "still", 1, 1.0, 4000, (1.0,)),))
+    tiny_world_model().save_pretrained(tmp_path / "wm")
+    assert main(["--model", str(tmp_path / "wm"), "--data-root", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "fidelity suite 'short'" in out and out.count("still") >= 2
+    assert (tmp_path / "o" / "report.json").is_file()
