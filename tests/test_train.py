@@ -294,3 +294,19 @@ def test_ema_update_moves_towards_the_model_without_recording_autograd():
     for b, e, m in zip(before, ema.parameters(), model.parameters()):
         torch.testing.assert_close(e, 0.75 * b + 0.25 * m.detach())
         assert e.grad_fn is None and not e.requires_grad
+
+
+def test_training_benchmark_prints_rates_against_the_measured_peak(capsys):
+    """``python -m world_model.train.bench`` on a tiny backbone: the header, the peak and
+    one row per mode, with samples/s, GFLOP/s and the share of the peak."""
+    from world_model.train.bench import main
+
+    assert main(["--tiny", "--batch-size", "2", "--latent-frames", "3", "--steps", "1", "--warmup", "0",
+                 "--precision", "float32", "auto", "--peak-size", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOP per step" in out and "matmul peak here: float32" in out and "precision 'auto' is" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:2] in (["float32", "off"], ["bfloat16", "off"])]
+    assert len(rows) == len(set(r[0] for r in rows)) >= 1  # auto resolves to one of the listed precisions
+    assert all(float(r[3]) > 0 and r[5].endswith("%") for r in rows)
+    with pytest.raises(SystemExit):
+        main(["--steps", "0"])
