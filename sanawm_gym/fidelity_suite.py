@@ -135,7 +135,7 @@ def _summary(report: dict[str, Any], horizons: tuple[float, ...]) -> dict[str, A
     for h in horizons:
         row = {}
         for metric, prefix in (("psnr", ""), ("ssim", "ssim_"), ("sharpness", "sharpness_")):
-            for name in ("model",) + BASELINES:
+            for name in ("model",) + BASELINES + ("reconstruction",):
                 key = f"{metric}_{name}_{h:g}s"
                 if key in report:
                     row[f"{metric}_{name}"] = report[key]
@@ -197,22 +197,24 @@ def format_report(report: dict[str, Any]) -> str:
     """The suite's table: model and baselines per set and horizon (PSNR, SSIM, sharpness)."""
     lines = [f"fidelity suite '{report['suite']}', {report['sample_steps']} sampler steps; PSNR in dB against the "
              "exact reference render; sharpness = generated / reference high-frequency energy",
-             f"{'set':<9} {'at':>6} {'model':>7} {'cam off':>8} {'first fr':>9} {'SSIM':>6} {'sharp':>6} "
-             f"{'cam off':>8} {'clips ahead':>12}"]
+             f"{'set':<9} {'at':>6} {'model':>7} {'cam off':>8} {'first fr':>9} {'AE':>6} {'SSIM':>6} {'sharp':>6} "
+             f"{'cam off':>8} {'AE':>5} {'clips ahead':>12}"]
     for name, entry in report["sets"].items():
         for at, row in entry["horizons"].items():
             model = np.asarray(row["clips_psnr_model"])
             best = np.maximum(np.asarray(row["clips_psnr_no_camera"]), np.asarray(row["clips_psnr_first_frame"]))
             lines.append(f"{name:<9} {at:>6} {row['psnr_model']:>7.2f} {row['psnr_no_camera']:>8.2f} "
-                         f"{row['psnr_first_frame']:>9.2f} {row['ssim_model']:>6.3f} {row['sharpness_model']:>6.2f} "
-                         f"{row['sharpness_no_camera']:>8.2f} {f'{int((model > best).sum())}/{len(model)}':>12}")
+                         f"{row['psnr_first_frame']:>9.2f} {row['psnr_reconstruction']:>6.2f} {row['ssim_model']:>6.3f} "
+                         f"{row['sharpness_model']:>6.2f} {row['sharpness_no_camera']:>8.2f} "
+                         f"{row['sharpness_reconstruction']:>5.2f} {f'{int((model > best).sum())}/{len(model)}':>12}")
         if "revisit" in entry:
             r = entry["revisit"]
             lines.append(f"{name:<9} return {r['return_vs_reference_model']:>7.2f} "
                          f"{r['return_vs_reference_no_camera']:>8.2f} {r['return_vs_reference_first_frame']:>9.2f}   "
                          f"(vs its first visit {r['return_vs_first_visit_model']:.2f}; a wrong view scores "
                          f"{r['wrong_view']:.2f})")
-    lines.append("sharp: the model's sharpness ratio; cam off: the camera-off baseline's. clips ahead: clips on which "
+    lines.append("AE: the autoencoder's reconstruction of the reference, the ceiling through this autoencoder. "
+                 "sharp: the model's sharpness ratio; cam off: the camera-off baseline's. clips ahead: clips on which "
                  "the model beats both baselines. still: the reference is the first frame itself (the first-frame "
                  f"baseline is exact, capped at {PSNR_CAP:.2f} dB).")
     return "\n".join(lines)

@@ -55,7 +55,8 @@ def test_suite_scores_every_set_and_writes_clip_by_clip(tmp_path, monkeypatch, c
     sets = report["sets"]
     assert set(sets) == {"motion", "still", "revisit"}
     row = sets["motion"]["horizons"]["1s"]
-    for key in ("psnr_model", "psnr_no_camera", "psnr_first_frame", "ssim_model", "sharpness_model"):
+    for key in ("psnr_model", "psnr_no_camera", "psnr_first_frame", "psnr_reconstruction", "ssim_model", "sharpness_model",
+                "sharpness_reconstruction"):
         assert np.isfinite(row[key]) and len(row[f"clips_{key}"]) == 2
     assert sets["still"]["horizons"]["1s"]["psnr_first_frame"] == pytest.approx(PSNR_CAP)  # the reference is frame 0
     revisit = sets["revisit"]["revisit"]

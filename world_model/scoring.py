@@ -98,7 +98,9 @@ def rollout_videos(backbone: WorldModelBackbone, ae: Autoencoder, video: Tensor,
                    image_hw: tuple[int, int], times: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
     """For reference clips ``video (B, F, 3, H, W)`` in [-1, 1] along ``c2w (B, F, 4, 4)``
     with ``intrinsics (B, 3, 3)``: the model's video generated from the first frame, the
-    camera-off baseline's and the first frame repeated, each ``(B, F, 3, H, W)`` in [-1, 1]."""
+    camera-off baseline's, the first frame repeated, and the autoencoder's reconstruction of
+    the reference (the ceiling the world model can reach through this autoencoder), each
+    ``(B, F, 3, H, W)`` in [-1, 1]."""
     F = video.shape[1]
     T = 1 + (F - 1) // backbone.cfg.frames_per_latent
     first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
@@ -108,6 +110,7 @@ def rollout_videos(backbone: WorldModelBackbone, ae: Autoencoder, video: Tensor,
         lat, _ = rollout_latents(backbone, first, c, T, times, generator)
         out[name] = ae.decode(lat).clamp(-1, 1)
     out["first_frame"] = video[:, :1].expand_as(video)
+    out["reconstruction"] = ae.decode(ae.encode(video)).clamp(-1, 1)
     return out
 
 
@@ -116,7 +119,8 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
                       sample_steps: int, sample_shift: float, horizons_s: tuple[float, ...], batch_size: int = 4,
                       picture: Path | None = None, seed: int = 0, frames: tuple[int, ...] = ()) -> dict[str, Any]:
     """Scores by raw frame of generated vs reference video for the model, the model without
-    camera conditioning and the first frame repeated: PSNR means over clips (``curve_<name>``),
+    camera conditioning, the first frame repeated and the autoencoder's reconstruction (the
+    ceiling): PSNR means over clips (``curve_<name>``),
     floats at ``horizons_s`` seconds (``psnr_<name>_<h>s``) and the per-clip values behind
     them (``clips_<name>_<h>s``, lists in clip order); the same for SSIM and the sharpness
     ratio (``curve_ssim_<name>``, ``ssim_<name>_<h>s``, ``clips_ssim_<name>_<h>s``, and
@@ -125,7 +129,7 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
     compare frames of one clip with each other, such as a revisit). ``picture``: a PNG of
     the reference (odd rows) and generated (even rows) frames of the first clips."""
     times = sampling_times(sample_steps, sample_shift)
-    names = ("model",) + BASELINES
+    names = ("model",) + BASELINES + ("reconstruction",)
     scores: dict[str, dict[str, list[Tensor]]] = {m: {n: [] for n in names} for m in METRICS}
     kept: dict[str, list[Tensor]] = {n: [] for n in names + ("reference",)}
     pictures: list[np.ndarray] = []
