@@ -355,3 +355,30 @@ def test_trained_world_models_follow_the_camera(folder, tmp_path, monkeypatch):
     report = evaluate_rollouts(wm.backbone, wm.autoencoder, held, wm.image_hw, 2, wm.sample_shift, (1.0,))
     assert report["psnr_model_1s"] >= report["psnr_first_frame_1s"] + 2.0, report
     assert report["psnr_model_1s"] >= report["psnr_no_camera_1s"] + 4.0, report
+
+
+def test_a_context_clip_is_committed_clean_and_the_state_keeps_its_size(wm):
+    """A look-around clip goes into the state chunk by chunk; streaming after it equals
+    generate_video from it, and the state is as large as after one frame."""
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    c2w = path(17)
+    clip = np.stack([first_frame(i) for i in range(9)])  # 1 + 4 * 2 frames at c2w[:9]
+    decoded, state = wm.init_state(clip[None], c2w[None, :9], K[None])
+    assert decoded.shape == (1, 9, 32, 32, 3)
+    _, single = wm.init_state(clip[None, 0], c2w[None, 0], K[None])
+    assert state.nbytes == single.nbytes and int(state.stream.frame_index[0]) == 3
+    g = torch.Generator().manual_seed(5)
+    frames = [decoded[0]]
+    for i in range(9, 17, 4):
+        out, state = wm.step(state, c2w[None, i : i + 4], g)
+        frames.append(out[0])
+    video = wm.generate_video(clip, c2w, K, seed=5)
+    assert video.shape == (17, 32, 32, 3)
+    np.testing.assert_array_equal(np.concatenate(frames), video)
+    # The context matters: starting from its last frame alone continues differently.
+    alone = wm.generate_video(clip[-1], c2w[8:], K, seed=5)
+    assert not np.array_equal(alone[1:], video[9:])
+    with pytest.raises(ValueError, match=r"context clips \(B, 1 \+ 4 n"):
+        wm.init_state(clip[None, :6], c2w[None, :6], K[None])
+    with pytest.raises(ValueError, match="needs at least as many poses"):
+        wm.generate_video(clip, c2w[:5], K)

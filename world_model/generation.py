@@ -27,20 +27,31 @@ def slice_camera(camera: CameraInputs | None, start: int, stop: int) -> CameraIn
 
 @torch.no_grad()
 def stream_latents(backbone, first_latent: torch.Tensor, camera: CameraInputs | None, num_frames: int,
-                   times: torch.Tensor, generator: torch.Generator | None = None,
+                   times: torch.Tensor | None, generator: torch.Generator | None = None,
                    compiled: bool = False) -> Iterator[tuple[torch.Tensor, StreamState]]:
     """Yield ``(latents (B, n, C, h, w), state)`` chunk by chunk for ``num_frames`` latent
-    frames: first the clean first latent frame ``(B, 1, C, h, w)`` committed into a fresh
-    state, then each later chunk (lengths from the backbone config) sampled along ``times``
-    from fresh noise drawn from ``generator`` and committed. ``camera``: the whole video's
-    conditioning (``None``: the camera branches off, the baseline)."""
+    frames. First the clean context ``first_latent (B, n0, C, h, w)`` (one frame, or a
+    context clip) committed into a fresh state chunk by chunk, as generated chunks are, and
+    yielded once whole; then each later chunk (lengths from the backbone config) sampled
+    along ``times`` from fresh noise drawn from ``generator`` and committed. ``camera``: the
+    whole video's conditioning (``None``: the camera branches off, the baseline). The state
+    has the same size whatever the context's length (the softmax blocks keep the first
+    chunk as their sink and a window of the latest)."""
     cfg = backbone.cfg
     if cfg.first_chunk_frames != 1:
         raise ValueError("generation starts from one clean frame: the backbone needs first_chunk_frames=1")
-    state = commit_chunk(backbone, first_latent, slice_camera(camera, 0, 1), None, compiled)
+    chunks = cfg.chunk_lengths(num_frames)
+    n0 = first_latent.shape[1]
+    state, start, i = None, 0, 0
+    while start < n0:
+        n = chunks[i]
+        if start + n > n0:
+            raise ValueError(f"a context of {n0} latent frames does not end on a chunk boundary (chunks {chunks[:i + 1]})")
+        state = commit_chunk(backbone, first_latent[:, start:start + n], slice_camera(camera, start, start + n), state,
+                             compiled)
+        start, i = start + n, i + 1
     yield first_latent, state
-    start = 1
-    for n in cfg.chunk_lengths(num_frames)[1:]:
+    for n in chunks[i:]:
         shape = (first_latent.shape[0], n) + tuple(first_latent.shape[2:])
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(first_latent.device)
         x, state = sample_chunk(backbone, noise, slice_camera(camera, start, start + n), state, times, compiled)

@@ -244,11 +244,17 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------------------ checks
     def _check_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` frames or ``(B, 1 + K n, H, W, 3)`` clips -> float
+        ``(B, F, 3, H, W)`` in [-1, 1]."""
         arr = np.asarray(frames)
         H, W = self.image_hw
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (H, W, 3):
-            raise ValueError(f"first frames must be uint8 (B, {H}, {W}, 3), got {arr.dtype} {arr.shape}")
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[:, None]  # (B, 1, 3, H, W)
+        k = self.config.frames_per_latent
+        if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-3:] != (H, W, 3) or \
+                (arr.ndim == 5 and (arr.shape[1] - 1) % k):
+            raise ValueError(f"first frames must be uint8 (B, {H}, {W}, 3), or context clips (B, 1 + {k} n, {H}, {W}, 3), "
+                             f"got {arr.dtype} {arr.shape}")
+        video = torch.from_numpy(arr.reshape(arr.shape[0], -1, H, W, 3))
+        return video.permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)  # (B, F, 3, H, W)
 
     def _check_steps(self, steps) -> int:
         if steps is None:
@@ -266,18 +272,27 @@ class WorldModel(nn.Module):
     def init_state(self, first_frames: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray,
                    precision: str = "auto") -> tuple[np.ndarray, WorldState]:
         """Encode ``first_frames`` uint8 ``(B, H, W, 3)`` taken at ``c2w (B, 4, 4)`` with
-        ``intrinsics (B, 3, 3)`` into a fresh state. Returns the decoded first frames
-        (uint8 ``(B, H, W, 3)``: what the model "sees") and the state. ``precision``: one
-        of :data:`PRECISIONS` (use the same for every call on one state)."""
-        video = self._check_frames(first_frames)
-        B = video.shape[0]
-        ref = torch.as_tensor(check_c2w(c2w, "c2w", (B, 4, 4)))
+        ``intrinsics (B, 3, 3)`` into a fresh state; or a **context clip** ``(B, 1 + K n, H,
+        W, 3)`` taken at ``c2w (B, 1 + K n, 4, 4)`` (for example a look around the room):
+        its latent frames are committed clean, chunk by chunk, exactly as generated chunks
+        are, so the model starts from everything the clip showed. The state has the same
+        size either way. Returns the decoded frames (what the model "sees": ``(B, H, W, 3)``,
+        or ``(B, 1 + K n, H, W, 3)`` for clips) and the state; poses are taken relative to
+        the first frame. ``precision``: one of :data:`PRECISIONS` (use the same for every
+        call on one state)."""
+        clip = np.asarray(first_frames).ndim == 5
+        video = self._check_frames(first_frames)  # (B, F, 3, H, W)
+        B, F = video.shape[:2]
+        poses = torch.as_tensor(check_c2w(c2w, "c2w", (B, F, 4, 4) if clip else (B, 4, 4))).reshape(B, F, 4, 4)
         K = torch.as_tensor(check_intrinsics(intrinsics, "intrinsics", (B, 3, 3)))
+        ref = poses[:, 0]
         with autocast(precision, self._device):
-            latent = self.autoencoder.encode(video)  # (B, 1, C, h, w)
-            stream = commit_chunk(self.backbone, latent, self._camera(ref[:, None], ref, K, starts_video=True), None)
-            decoded, cache = self.autoencoder.decode_step(latent, None)
-        return _to_video(decoded)[:, 0], WorldState(stream, cache, ref, K)
+            latents = self.autoencoder.encode(video)  # (B, 1 + n, C, h, w)
+            camera = self._camera(poses, ref, K, starts_video=True)
+            _, stream = next(stream_latents(self.backbone, latents, camera, latents.shape[1], None))
+            decoded, cache = self.autoencoder.decode_step(latents, None)
+        frames = _to_video(decoded)  # (B, F, H, W, 3)
+        return (frames if clip else frames[:, 0]), WorldState(stream, cache, ref, K)
 
     @property
     def _device(self) -> torch.device:
@@ -328,7 +343,9 @@ class WorldModel(nn.Module):
     def generate_video(self, first_frame: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, steps: int | None = None,
                        seed: int = 0, precision: str = "auto", compile: bool = False) -> np.ndarray:
         """A video along ``c2w (F, 4, 4)`` (F = 1 + K n; rigid, finite) from ``first_frame``
-        uint8 (H, W, 3) with ``intrinsics`` (3, 3) (or (F, 3, 3), all equal): uint8
+        uint8 (H, W, 3), or from a context clip uint8 (1 + K m, H, W, 3) taken at the first
+        1 + K m poses (committed clean, see :meth:`init_state`; the video then holds its
+        decoded frames and continues), with ``intrinsics`` (3, 3) (or (F, 3, 3), all equal): uint8
         ``(F, H, W, 3)``, generated chunk by chunk by :func:`world_model.generation.stream_latents`
         with the bounded state and decoded as each chunk comes. ``steps``: sampler steps, an
         integer >= 1 (default: the checkpoint's); ``seed``: the noise; ``precision``: one of
@@ -339,6 +356,10 @@ class WorldModel(nn.Module):
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or (c2w.shape[0] - 1) % k:
             raise ValueError(f"c2w must be (F, 4, 4) with F = 1 + {k} n, got {c2w.shape}")
         c2w = check_c2w(c2w, "c2w", c2w.shape)
+        first = np.asarray(first_frame)
+        context = first.shape[0] if first.ndim == 4 else 1
+        if context > c2w.shape[0]:
+            raise ValueError(f"a context clip of {context} frames needs at least as many poses, got c2w {c2w.shape}")
         K = np.asarray(intrinsics, dtype=np.float64)
         if K.shape not in ((3, 3), (c2w.shape[0], 3, 3)):
             raise ValueError(f"intrinsics must be (3, 3) or (F, 3, 3), got {K.shape}")
@@ -349,15 +370,15 @@ class WorldModel(nn.Module):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         times = sampling_times(self._check_steps(steps), self.sample_shift)
-        video = self._check_frames(np.asarray(first_frame)[None])
+        video = self._check_frames(first[None])  # (1, context, 3, H, W)
         poses = torch.as_tensor(c2w)[None]  # (1, F, 4, 4)
         g = torch.Generator().manual_seed(int(seed))
         num_latent = 1 + (c2w.shape[0] - 1) // k
         frames, cache = [], None
         with autocast(precision, self._device):
             camera = self.backbone.camera(poses, torch.as_tensor(K0)[None], self.image_hw)
-            first = self.autoencoder.encode(video)  # (1, 1, C, h, w)
-            for latent, _ in stream_latents(self.backbone, first, camera, num_latent, times, g, compiled=compile):
+            start = self.autoencoder.encode(video)  # (1, 1 + n0, C, h, w)
+            for latent, _ in stream_latents(self.backbone, start, camera, num_latent, times, g, compiled=compile):
                 out, cache = self.autoencoder.decode_step(latent, cache, compiled=compile)
                 frames.append(_to_video(out)[0])
         return np.concatenate(frames, 0)
