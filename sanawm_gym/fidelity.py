@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
     p.add_argument("--suite", choices=sorted(SUITES), default="short",
                    help="without --data: the fidelity suite to run (short: about 5-10 min on 2 cores; long adds 60 s clips)")
+    p.add_argument("--context-seconds", type=float, default=0.0,
+                   help="the suite's still and revisit clips start with a look-around of this length, given to the "
+                        "model as a clean context clip (0: the first frame alone; 4: a full turn)")
     p.add_argument("--data-root", type=Path, default=Path("outputs/heldout"),
                    help="folder of the suite's held-out sets (written resumably, clip by clip)")
     p.add_argument("--data", type=Path, default=None, help="score this one held-out dataset folder instead of the suite")
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autoencoder", action="store_true",
                    help="evaluate the autoencoder alone: reconstruction PSNR / SSIM of the clips")
     args = p.parse_args(argv)
+    if not 0 <= args.context_seconds <= 30:
+        p.error(f"argument --context-seconds: must be in [0, 30] seconds, got {args.context_seconds:g}")
     if args.clips < 1:
         p.error(f"argument --clips: must be an integer >= 1, got {args.clips}")
     if not 0 < args.seconds <= 600:
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     wm = WorldModel.from_pretrained(args.model)
     if args.data is None:
         t0 = time.perf_counter()
-        report = run_suite(wm, args.suite, args.data_root, args.out, args.steps)
+        report = run_suite(wm, args.suite, args.data_root, args.out, args.steps, context_seconds=args.context_seconds)
         print(format_report(report))
         print(f"{time.perf_counter() - t0:.0f} s; per-clip values in {args.out / 'report.json'}, pictures in "
               f"{args.out}/<set>/")

@@ -41,10 +41,10 @@ from sanawm_gym.reference_world.collision import obstacle_sweep
 from sanawm_gym.tasks import PointGoalConfig, sample_goal
 from world_model.autoencoder.losses import psnr
 from world_model.data import PosedVideoDataset
-from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
+from world_model.geometry import exp_se3, integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
 from world_model.scoring import BASELINES, FPS, PSNR_CAP, evaluate_rollouts, save_horizon_plot
 
-__all__ = ["SUITES", "HeldoutSet", "revisit_clip", "run_suite", "still_clip"]
+__all__ = ["SUITES", "HeldoutSet", "format_report", "look_around", "revisit_clip", "run_suite", "still_clip"]
 
 REVISIT_FRAMES = (16, 48, 80)
 """Raw frames of a revisit clip: first arrival at P1, turned away, back at P1."""
@@ -86,6 +86,20 @@ def _start(seed: int, index: int) -> tuple[Any, np.ndarray, np.random.Generator]
     return scene, pose_from_yaw_pitch(sample.start, sample.yaw, 0.0), rng
 
 
+def look_around(pose: np.ndarray, seconds: float) -> np.ndarray:
+    """``(1 + 4 m, 4, 4)`` poses of a look around that ends at ``pose``: a turn in place to
+    the right at pi/2 rad/s (the env's top yaw rate), from the heading ``seconds * pi/2``
+    to the left of the pose's (4 s: a full turn). ``seconds`` 0: the pose alone."""
+    steps = int(round(seconds * FPS / 4)) * 4
+    if steps == 0:
+        return pose[None]
+    right = np.array([0, 0, 0, 0, math.pi / 2, 0])  # +wy turns an OpenCV camera right
+    start = pose @ np.asarray(exp_se3(-right * steps / FPS))
+    poses = np.concatenate([start[None], np.asarray(integrate_twist(start, right, 1.0 / FPS, steps))])
+    poses[-1] = pose
+    return poses
+
+
 def _clip(scene, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int]) -> dict[str, torch.Tensor]:
     rgb = render(scene, c2w, K, *hw).rgb  # (F, H, W, 3) uint8
     video = torch.from_numpy(np.asarray(rgb)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -94,16 +108,21 @@ def _clip(scene, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int]) -> dict[st
             "intrinsics": torch.as_tensor(np.repeat(K[None], F, 0), dtype=torch.float32)}
 
 
-def still_clip(seed: int, index: int, frames: int, hw: tuple[int, int], K: np.ndarray) -> dict[str, torch.Tensor]:
-    """A clip whose camera stands still at a level start pose for ``frames`` frames."""
+def still_clip(seed: int, index: int, frames: int, hw: tuple[int, int], K: np.ndarray,
+               context_seconds: float = 0.0) -> dict[str, torch.Tensor]:
+    """A clip whose camera stands still at a level start pose for ``frames`` frames, after
+    a :func:`look_around` of ``context_seconds`` ending there."""
     scene, pose, _ = _start(seed, index)
-    return _clip(scene, np.repeat(pose[None], frames, 0), K, hw)
+    return _clip(scene, np.concatenate([look_around(pose, context_seconds)[:-1], np.repeat(pose[None], frames, 0)]),
+                 K, hw)
 
 
-def revisit_clip(seed: int, index: int, hw: tuple[int, int], K: np.ndarray) -> dict[str, torch.Tensor]:
+def revisit_clip(seed: int, index: int, hw: tuple[int, int], K: np.ndarray,
+                 context_seconds: float = 0.0) -> dict[str, torch.Tensor]:
     """81 frames: 1 m forward at 1 m/s to P1 (frame 16), a 180-degree left turn at pi/2
-    rad/s (frame 48), the same turn back (frame 80: P1 again). The heading is the first of
-    eight around the start's whose walk is free of obstacles."""
+    rad/s (frame 48), the same turn back (frame 80: P1 again), after a :func:`look_around`
+    of ``context_seconds`` ending at the start. The heading is the first of eight around the
+    start's whose walk is free of obstacles."""
     scene, pose, _ = _start(seed, index)
     motion = MotionConfig()
     sweep = obstacle_sweep(scene)
@@ -118,7 +137,7 @@ def revisit_clip(seed: int, index: int, hw: tuple[int, int], K: np.ndarray) -> d
             break
     away = integrate_twist(forward[-1], left, dt, 32)
     back = integrate_twist(away[-1], -left, dt, 32)
-    c2w = np.concatenate([start[None], forward, away, back])  # (81, 4, 4)
+    c2w = np.concatenate([look_around(start, context_seconds)[:-1], start[None], forward, away, back])
     return _clip(scene, c2w, K, hw)
 
 
@@ -158,27 +177,34 @@ def _revisit_scores(videos: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 @torch.no_grad()
 def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, seed: int = 0,
-              log=print) -> dict[str, Any]:
+              context_seconds: float = 0.0, log=print) -> dict[str, Any]:
     """Run the ``suite`` (a key of :data:`SUITES`) on the world model ``wm``; held-out sets
-    live under ``root``; pictures and ``report.json`` go to ``out``. Returns the report."""
+    live under ``root``; pictures and ``report.json`` go to ``out``. ``context_seconds``:
+    the still and revisit clips start with a :func:`look_around` of that length, given to
+    the model clean as a context clip (scores count from its end; the motion sets start
+    from their first frame as before). Returns the report."""
     hw = tuple(wm.image_hw)
     K = intrinsics_from_fov(90.0, *hw).numpy()
     sample_steps = steps or wm.sample_steps
-    report: dict[str, Any] = {"suite": suite, "sample_steps": sample_steps, "sets": {}}
+    report: dict[str, Any] = {"suite": suite, "sample_steps": sample_steps, "context_seconds": context_seconds,
+                              "sets": {}}
+    context = len(look_around(np.eye(4), context_seconds))
     for spec in SUITES[suite]:
         t0 = time.perf_counter()
+        given = 1
         if spec.kind == "motion":
             data = _motion_set(spec, root, hw)
         elif spec.kind == "still":
-            data = [still_clip(spec.seed, i, spec.frames, hw, K) for i in range(spec.clips)]
+            data, given = [still_clip(spec.seed, i, spec.frames, hw, K, context_seconds) for i in range(spec.clips)], context
         else:
-            data = [revisit_clip(spec.seed, i, hw, K) for i in range(spec.clips)]
+            data, given = [revisit_clip(spec.seed, i, hw, K, context_seconds) for i in range(spec.clips)], context
         (out / spec.name).mkdir(parents=True, exist_ok=True)
         scored = evaluate_rollouts(wm.backbone, wm.autoencoder, data, hw, sample_steps, wm.sample_shift,
                                    spec.horizons, batch_size=spec.clips, picture=out / spec.name / "rollout.png",
-                                   seed=seed, frames=REVISIT_FRAMES if spec.kind == "revisit" else ())
+                                   seed=seed, frames=REVISIT_FRAMES if spec.kind == "revisit" else (),
+                                   context=given)
         save_horizon_plot(scored, out / spec.name / "psnr-horizon.png")
-        entry: dict[str, Any] = {**dataclasses.asdict(spec), "frames": spec.frames,
+        entry: dict[str, Any] = {**dataclasses.asdict(spec), "frames": spec.frames, "context_frames": given,
                                  "seconds_taken": time.perf_counter() - t0}
         if spec.kind == "revisit":
             entry["revisit"] = _revisit_scores(scored.pop("videos"))
@@ -195,7 +221,8 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
 
 def format_report(report: dict[str, Any]) -> str:
     """The suite's table: model and baselines per set and horizon (PSNR, SSIM, sharpness)."""
-    lines = [f"fidelity suite '{report['suite']}', {report['sample_steps']} sampler steps; PSNR in dB against the "
+    lines = [f"fidelity suite '{report['suite']}', {report['sample_steps']} sampler steps, a look-around context of "
+             f"{report['context_seconds']:g} s before the still and revisit clips; PSNR in dB against the "
              "exact reference render; sharpness = generated / reference high-frequency energy",
              f"{'set':<9} {'at':>6} {'model':>7} {'cam off':>8} {'first fr':>9} {'AE':>6} {'SSIM':>6} {'sharp':>6} "
              f"{'cam off':>8} {'AE':>5} {'clips ahead':>12}"]

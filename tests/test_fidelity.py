@@ -81,3 +81,28 @@ def test_fidelity_command_runs_the_suite_without_data(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "fidelity suite 'short'" in out and out.count("still") >= 2
     assert (tmp_path / "o" / "report.json").is_file()
+
+
+def test_look_around_turns_in_place_and_ends_at_the_pose():
+    from world_model.geometry import pose_from_yaw_pitch
+
+    pose = pose_from_yaw_pitch(np.array([1.0, 2.0, 1.2]), 0.3, 0.0)
+    assert suite.look_around(pose, 0).shape == (1, 4, 4)
+    poses = suite.look_around(pose, 1.0)
+    assert poses.shape == (17, 4, 4) and np.array_equal(poses[-1], pose)
+    np.testing.assert_allclose(poses[:, :3, 3], np.repeat(pose[None, :3, 3], 17, 0), atol=1e-9)  # in place
+    yaw = np.arctan2(poses[:, 1, 2], poses[:, 0, 2])
+    np.testing.assert_allclose(np.diff(np.unwrap(yaw)), -np.pi / 2 / 16, atol=1e-9)  # turning right at pi/2 rad/s
+    full = suite.look_around(pose, 4.0)
+    np.testing.assert_allclose(full[0], pose, atol=1e-9)  # a full turn
+
+
+def test_suite_with_a_look_around_context_scores_from_its_end(tmp_path, monkeypatch):
+    small = (suite.HeldoutSet("revisit", "revisit", 1, 5.0, 4500),)
+    monkeypatch.setitem(suite.SUITES, "short", small)
+    report = suite.run_suite(tiny_world_model(), "short", tmp_path / "d", tmp_path / "o", context_seconds=1.0,
+                             log=lambda *_: None)
+    entry = report["sets"]["revisit"]
+    assert report["context_seconds"] == 1.0 and entry["context_frames"] == 17
+    assert len(entry["curves"]["curve_model"]) == 81  # scored from the context's last frame
+    assert entry["curves"]["curve_first_frame"][0] == pytest.approx(PSNR_CAP)

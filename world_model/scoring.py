@@ -95,21 +95,24 @@ off, and the first frame repeated."""
 
 @torch.no_grad()
 def rollout_videos(backbone: WorldModelBackbone, ae: Autoencoder, video: Tensor, c2w: Tensor, intrinsics: Tensor,
-                   image_hw: tuple[int, int], times: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+                   image_hw: tuple[int, int], times: Tensor, generator: torch.Generator,
+                   context: int = 1) -> dict[str, Tensor]:
     """For reference clips ``video (B, F, 3, H, W)`` in [-1, 1] along ``c2w (B, F, 4, 4)``
     with ``intrinsics (B, 3, 3)``: the model's video generated from the first frame, the
     camera-off baseline's, the first frame repeated, and the autoencoder's reconstruction of
     the reference (the ceiling the world model can reach through this autoencoder), each
-    ``(B, F, 3, H, W)`` in [-1, 1]."""
+    ``(B, F, 3, H, W)`` in [-1, 1]. ``context``: the first ``context`` frames (1 + K m) are
+    given clean (a context clip, committed as in :meth:`WorldModel.init_state`); the
+    first-frame baseline then repeats the context's last frame."""
     F = video.shape[1]
     T = 1 + (F - 1) // backbone.cfg.frames_per_latent
-    first = ae.encode(video[:, :1])  # (B, 1, C, h, w)
+    first = ae.encode(video[:, :context])  # (B, 1 + m, C, h, w)
     cam = backbone.camera(c2w, intrinsics, image_hw)
     out = {}
     for name, c in (("model", cam), ("no_camera", None)):
         lat, _ = rollout_latents(backbone, first, c, T, times, generator)
         out[name] = ae.decode(lat).clamp(-1, 1)
-    out["first_frame"] = video[:, :1].expand_as(video)
+    out["first_frame"] = torch.cat([video[:, :context], video[:, context - 1 : context].expand(-1, F - context, -1, -1, -1)], 1)
     out["reconstruction"] = ae.decode(ae.encode(video)).clamp(-1, 1)
     return out
 
@@ -117,7 +120,8 @@ def rollout_videos(backbone: WorldModelBackbone, ae: Autoencoder, video: Tensor,
 @torch.no_grad()
 def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Dataset, image_hw: tuple[int, int],
                       sample_steps: int, sample_shift: float, horizons_s: tuple[float, ...], batch_size: int = 4,
-                      picture: Path | None = None, seed: int = 0, frames: tuple[int, ...] = ()) -> dict[str, Any]:
+                      picture: Path | None = None, seed: int = 0, frames: tuple[int, ...] = (),
+                      context: int = 1) -> dict[str, Any]:
     """Scores by raw frame of generated vs reference video for the model, the model without
     camera conditioning, the first frame repeated and the autoencoder's reconstruction (the
     ceiling): PSNR means over clips (``curve_<name>``),
@@ -127,7 +131,10 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
     ``sharpness`` likewise). ``frames``: raw frame indices whose per-clip videos are also
     returned under ``videos`` (``{name: (N, len(frames), 3, H, W)}``, for scores that
     compare frames of one clip with each other, such as a revisit). ``picture``: a PNG of
-    the reference (odd rows) and generated (even rows) frames of the first clips."""
+    the reference (odd rows) and generated (even rows) frames of the first clips.
+    ``context``: the clips' first ``context`` frames (1 + K m) are a clean context clip;
+    every score then counts from its last frame (frame 0 of the curves, horizons and
+    ``frames`` is the context's last frame)."""
     times = sampling_times(sample_steps, sample_shift)
     names = ("model",) + BASELINES + ("reconstruction",)
     scores: dict[str, dict[str, list[Tensor]]] = {m: {n: [] for n in names} for m in METRICS}
@@ -136,8 +143,11 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
     g = torch.Generator().manual_seed(seed)
     for batch in DataLoader(heldout, batch_size=batch_size):
         video = batch["video"]  # (B, F, 3, H, W) exact renders in [-1, 1]
+        videos = rollout_videos(backbone, ae, video, batch["c2w"], batch["intrinsics"][:, 0], image_hw, times, g,
+                                context)
+        videos = {name: v[:, context - 1 :] for name, v in videos.items()}
+        video = video[:, context - 1 :]
         F = video.shape[1]
-        videos = rollout_videos(backbone, ae, video, batch["c2w"], batch["intrinsics"][:, 0], image_hw, times, g)
         for name, gen in videos.items():
             for metric, values in frame_metrics(gen, video).items():
                 scores[metric][name].append(values)
