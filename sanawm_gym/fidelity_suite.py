@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from sanawm_gym.dataset import clip_seeds, write_dataset
-from sanawm_gym.kinematics import MotionConfig
+from sanawm_gym.kinematics import MotionConfig, look_around
 from sanawm_gym.reference_world import generate_scene, render
 from sanawm_gym.reference_world.collision import obstacle_sweep
 from sanawm_gym.tasks import PointGoalConfig, sample_goal
 from world_model.autoencoder.losses import psnr
 from world_model.data import PosedVideoDataset
-from world_model.geometry import exp_se3, integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
+from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
 from world_model.scoring import BASELINES, FPS, PSNR_CAP, evaluate_rollouts, save_horizon_plot
 
 __all__ = ["SUITES", "HeldoutSet", "format_report", "look_around", "revisit_clip", "run_suite", "still_clip"]
@@ -84,20 +84,6 @@ def _start(seed: int, index: int) -> tuple[Any, np.ndarray, np.random.Generator]
     rng = np.random.default_rng(sequence)
     sample = sample_goal(scene, rng, PointGoalConfig(), MotionConfig().camera_radius)
     return scene, pose_from_yaw_pitch(sample.start, sample.yaw, 0.0), rng
-
-
-def look_around(pose: np.ndarray, seconds: float) -> np.ndarray:
-    """``(1 + 4 m, 4, 4)`` poses of a look around that ends at ``pose``: a turn in place to
-    the right at pi/2 rad/s (the env's top yaw rate), from the heading ``seconds * pi/2``
-    to the left of the pose's (4 s: a full turn). ``seconds`` 0: the pose alone."""
-    steps = int(round(seconds * FPS / 4)) * 4
-    if steps == 0:
-        return pose[None]
-    right = np.array([0, 0, 0, 0, math.pi / 2, 0])  # +wy turns an OpenCV camera right
-    start = pose @ np.asarray(exp_se3(-right * steps / FPS))
-    poses = np.concatenate([start[None], np.asarray(integrate_twist(start, right, 1.0 / FPS, steps))])
-    poses[-1] = pose
-    return poses
 
 
 def _clip(scene, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int]) -> dict[str, torch.Tensor]:

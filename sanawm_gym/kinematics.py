@@ -20,7 +20,7 @@ import numpy as np
 
 from world_model.geometry import exp_se3, integrate_twist
 
-__all__ = ["MotionConfig", "ChunkMotion", "Sweep", "action_to_twist", "planar_to_body", "move_chunk"]
+__all__ = ["MotionConfig", "ChunkMotion", "Sweep", "action_to_twist", "look_around", "move_chunk", "planar_to_body"]
 
 Sweep = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 """``sweep(starts (K, 3), ends (K, 3), radius) -> (K,) bool``: whether a sphere of ``radius``
@@ -112,3 +112,19 @@ def move_chunk(c2w: np.ndarray, twist: np.ndarray, cfg: MotionConfig, sweep: Swe
     path = np.concatenate([c2w[None, :3, 3], poses[:, :3, 3]])
     distance = float(np.linalg.norm(np.diff(path, axis=0), axis=-1).sum())
     return ChunkMotion(poses, collided, distance)
+
+
+def look_around(pose: np.ndarray, seconds: float, fps: float = 16.0, frames_per_step: int = 4) -> np.ndarray:
+    """``(1 + K m, 4, 4)`` poses (K = ``frames_per_step``, ``fps`` frames per second) of a
+    look around that ends at ``pose``: a turn in place to the right at pi/2 rad/s (the env's
+    top yaw rate), from the heading ``seconds * pi/2`` to the left of the pose's (4 s: a
+    full turn), rounded to whole steps. ``seconds`` 0: the pose alone. What a seeded
+    ``Nav-v0`` reset shows the model first (``NavConfig.context_seconds``)."""
+    steps = int(round(seconds * fps / frames_per_step)) * frames_per_step
+    if steps == 0:
+        return pose[None]
+    right = np.array([0, 0, 0, 0, math.pi / 2, 0])  # +wy turns an OpenCV camera right
+    start = pose @ np.asarray(exp_se3(-right * steps / fps))
+    poses = np.concatenate([start[None], np.asarray(integrate_twist(start, right, 1.0 / fps, steps))])
+    poses[-1] = pose
+    return poses

@@ -84,16 +84,17 @@ def test_fidelity_command_runs_the_suite_without_data(tmp_path, monkeypatch, cap
 
 
 def test_look_around_turns_in_place_and_ends_at_the_pose():
+    from sanawm_gym.kinematics import look_around
     from world_model.geometry import pose_from_yaw_pitch
 
     pose = pose_from_yaw_pitch(np.array([1.0, 2.0, 1.2]), 0.3, 0.0)
-    assert suite.look_around(pose, 0).shape == (1, 4, 4)
-    poses = suite.look_around(pose, 1.0)
+    assert look_around(pose, 0).shape == (1, 4, 4)
+    poses = look_around(pose, 1.0)
     assert poses.shape == (17, 4, 4) and np.array_equal(poses[-1], pose)
     np.testing.assert_allclose(poses[:, :3, 3], np.repeat(pose[None, :3, 3], 17, 0), atol=1e-9)  # in place
     yaw = np.arctan2(poses[:, 1, 2], poses[:, 0, 2])
     np.testing.assert_allclose(np.diff(np.unwrap(yaw)), -np.pi / 2 / 16, atol=1e-9)  # turning right at pi/2 rad/s
-    full = suite.look_around(pose, 4.0)
+    full = look_around(pose, 4.0)
     np.testing.assert_allclose(full[0], pose, atol=1e-9)  # a full turn
 
 

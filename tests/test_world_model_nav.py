@@ -386,3 +386,38 @@ def test_native_vector_env_exposes_scenes_and_intrinsics_for_recorders(model):
     assert venv.unwrapped.intrinsics.shape == (3, 3)
     with pytest.raises(AttributeError, match="'scene'"):
         venv.unwrapped.get_attr("pose")
+
+
+def test_context_clips_at_reset_keep_the_state_size_and_match_the_model(model):
+    from sanawm_gym.kinematics import look_around
+
+    env = make(model, context_seconds=1.0, precision="float32")
+    obs, info = env.reset(seed=4)
+    plain = make(model, precision="float32")
+    _, plain_info = plain.reset(seed=4)
+    np.testing.assert_array_equal(info["pose"], plain_info["pose"])  # the same start, seen after a look around
+    np.testing.assert_array_equal(obs["rgb"], plain.reset(seed=4)[0]["rgb"])
+    assert env.unwrapped.get_state().nbytes == plain.unwrapped.get_state().nbytes
+    assert int(env.unwrapped.core.state.stream.frame_index[0]) == 5  # 1 + 16 frames: 5 latent frames committed
+    # A user's clip: the env's state equals the model's own init_state of the clip.
+    clip = env.unwrapped.core.frames[0]  # any uint8 frames will do
+    frames = np.concatenate([clip[:1], clip])  # 1 + 4 frames
+    c2w = look_around(info["pose"], 0.25)
+    env.reset(options={"context": {"frames": frames, "c2w": c2w}})
+    _, own = model.init_state(frames[None], c2w[None], env.unwrapped.intrinsics[None], "float32")
+    for k, v in own.tensors().items():
+        torch.testing.assert_close(env.unwrapped.core.state.tensors()[k], v)
+    with pytest.raises(ValueError, match="context.*c2w must be \\(5, 4, 4\\)"):
+        env.reset(options={"context": {"frames": frames, "c2w": c2w[:3]}})
+    with pytest.raises(ValueError, match="frames must be uint8 \\(1 \\+ 4 n"):
+        env.reset(options={"context": {"frames": frames[:3], "c2w": c2w[:3]}})
+    with pytest.raises(ValueError, match="'image' and 'context' exclude"):
+        env.reset(options={"context": {"frames": frames, "c2w": c2w}, "image": frames[0]})
+    with pytest.raises(ValueError, match="context_seconds"):
+        make(model, context_seconds=-1)
+    # Rows of a vector env reset with and without context side by side.
+    venv = gym.make_vec("SanaWM/Nav-v0", num_envs=2, vectorization_mode="vector_entry_point", model=model,
+                        context_seconds=1.0, max_episode_steps=2, precision="float32")
+    venv.reset(seed=4)
+    for _ in range(3):
+        venv.step(np.zeros((2, 6), np.float32))

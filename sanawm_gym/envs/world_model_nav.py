@@ -29,7 +29,7 @@ from gymnasium.vector.utils import batch_space
 from sanawm_gym.envs.actions import ACTION_MODES, make_action_space, to_body_action
 from sanawm_gym.envs.checks import check_image, check_options, check_pose
 from sanawm_gym.envs.snapshots import NavSnapshot, read_snapshot, write_snapshot
-from sanawm_gym.kinematics import MotionConfig, action_to_twist
+from sanawm_gym.kinematics import MotionConfig, action_to_twist, look_around
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
 from sanawm_gym.tasks import (
     GOAL_OBS_HIGH,
@@ -49,7 +49,7 @@ from world_model.world_model import DEFAULT_WEIGHTS, PRECISIONS, resolve_precisi
 __all__ = ["NavConfig", "NavCore", "NavSnapshot", "WorldModelNavEnv", "WorldModelNavVectorEnv", "inference_threads",
            "load_world_model"]
 
-RESET_OPTIONS = ("scene_seed", "image", "pose", "goal", "bounds")
+RESET_OPTIONS = ("scene_seed", "image", "context", "pose", "goal", "bounds")
 OBS_MODES = ("frame", "chunk")
 _MODEL_CACHE: dict[str, Any] = {}
 
@@ -107,6 +107,10 @@ class NavConfig:
     threads: int | None = None
     """Torch threads (process-wide, set when the env is built); ``None``: 1 below 16 envs,
     all the process's CPUs from 16 (see :func:`inference_threads`)."""
+    context_seconds: float = 0.0
+    """A seeded reset first shows the model a look around of this length, rendered by the
+    reference world and ending at the start pose (:func:`~sanawm_gym.kinematics.look_around`;
+    4 s: a full turn), committed into the state as clean context; 0: the first frame alone."""
 
     def __post_init__(self) -> None:
         if self.action_mode not in ACTION_MODES:
@@ -121,6 +125,9 @@ class NavConfig:
         for name in ("reference_frames", "timing_info", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.context_seconds, bool) or not isinstance(self.context_seconds, numbers.Real) or \
+                not 0 <= self.context_seconds <= 30:
+            raise ValueError(f"context_seconds must be a number in [0, 30], got {self.context_seconds!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, numbers.Integral)
@@ -198,39 +205,65 @@ class NavCore:
         first the scene and the start / goal pair, in the order ``SanaWM/ReferenceNav-v0``
         draws them (so both worlds reset with one seed give the same episode), then the
         seed of the row's model noise."""
-        images, poses = [], []
+        clips, clip_poses = [], []
+        K = self.motion.frames_per_step
         for r, rng, opts in zip(rows, rngs, options):
             opts = check_options(opts, RESET_OPTIONS)
             self.rngs[r] = rng
-            image, pose, goal, bounds = self._start(r, rng, opts)
+            clip, c2w, goal, bounds = self._start(r, rng, opts)  # (1 + K n, H, W, 3), (1 + K n, 4, 4)
             self.torch_gens[r].manual_seed(int(rng.integers(2**63 - 1)))
+            pose = c2w[-1]
             self.pose[r], self.goal[r], self.bounds[r] = pose, goal, bounds
-            self.chunk_poses[r] = pose
+            self.chunk_poses[r] = c2w[-K:] if len(c2w) >= K else pose
             self.distance[r] = float(np.linalg.norm(goal - pose[:3, 3]))
             self.path_length[r], self.steps[r] = 0.0, 0
-            images.append(image)
-            poses.append(pose)
-        index = torch.as_tensor(rows, dtype=torch.long)
-        Ks = np.repeat(self.intrinsics[None], len(rows), 0)
+            # The observation at reset is the true last frame (in chunk mode, the clip's last K).
+            self.frames[r] = clip[-K:] if len(clip) >= K else clip[-1:]
+            clips.append(clip)
+            clip_poses.append(c2w)
         if self.state is None and len(rows) != self.num_envs:
             raise RuntimeError("the first reset must reset every row")
-        _, self.state = self.model.reset_rows(self.state, index, np.stack(images), np.stack(poses), Ks, self.precision)
-        self.frames[rows] = np.stack(images)[:, None]  # the observation at reset is the true first frame
+        Ks = np.repeat(self.intrinsics[None], len(rows), 0)
+        if all(len(c) == 1 for c in clips):  # one batched encode of the first frames
+            _, self.state = self.model.reset_rows(self.state, torch.as_tensor(rows, dtype=torch.long),
+                                                  np.stack([c[0] for c in clips]), np.stack([c[0] for c in clip_poses]),
+                                                  Ks, self.precision)
+            return
+        for i, (r, clip, c2w) in enumerate(zip(rows, clips, clip_poses)):  # context clips, of any lengths
+            frames = clip[None] if len(clip) > 1 else clip
+            poses = c2w[None] if len(clip) > 1 else c2w
+            _, row_state = self.model.init_state(frames, poses, Ks[i : i + 1], self.precision)
+            if self.state is None:  # the first reset: every row starts as a copy, then gets its own
+                self.state = row_state.select([0] * self.num_envs)
+            else:
+                self.state = self.state.with_rows([r], row_state)
 
     def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, ...]:
+        """``(clip (1 + K n, H, W, 3), its poses (1 + K n, 4, 4), goal, bounds)`` of a new
+        episode; the clip's last frame and pose are the start."""
         radius = self.motion.camera_radius
-        if "image" in opts:
+        if "image" in opts or "context" in opts:
+            if "image" in opts and "context" in opts:
+                raise ValueError("reset options 'image' and 'context' exclude each other (a context clip ends with the "
+                                 "first frame)")
             if "scene_seed" in opts:
-                raise ValueError("reset options 'image' and 'scene_seed' exclude each other")
-            image = check_image(opts["image"], self.height, self.width)
-            pose = check_pose(opts["pose"]) if "pose" in opts else pose_from_yaw_pitch(np.array([0.0, 0.0, 1.2]), 0.0, 0.0)
+                raise ValueError("reset options 'image' / 'context' and 'scene_seed' exclude each other")
+            if "context" in opts:
+                if "pose" in opts:
+                    raise ValueError("reset option 'pose' does not go with 'context': the clip's last pose is the start")
+                clip, c2w = self._check_context(opts["context"])
+            else:
+                pose = check_pose(opts["pose"]) if "pose" in opts else pose_from_yaw_pitch(np.array([0.0, 0.0, 1.2]),
+                                                                                           0.0, 0.0)
+                clip, c2w = check_image(opts["image"], self.height, self.width)[None], pose[None]
+            pose = c2w[-1]
             goal = opts["goal"] if "goal" in opts else pose[:3, 3] + 4.0 * pose[:3, 2]
             goal = check_goal_placement(goal, pose[:3, 3], None, self.task, radius)
             bounds = _check_bounds(opts.get("bounds"), pose[:3, 3])
             self.scenes[r], self.scene_seed[r], self.geodesic[r] = None, None, np.nan
-            return image, pose, goal, bounds
+            return clip, c2w, goal, bounds
         if "bounds" in opts:
-            raise ValueError("reset option 'bounds' goes with 'image' (a seeded scene's bounds are its arena)")
+            raise ValueError("reset option 'bounds' goes with 'image' or 'context' (a seeded scene's bounds are its arena)")
         seed = opts.get("scene_seed")
         if seed is None:
             seed = int(rng.integers(2**31 - 1))
@@ -247,8 +280,26 @@ class NavCore:
             pose, self.geodesic[r] = check_start_placement(check_pose(opts["pose"]), scene, radius), np.nan
         if "goal" in opts:
             goal, self.geodesic[r] = check_goal_placement(opts["goal"], pose[:3, 3], scene, self.task, radius), np.nan
-        image = render(scene, pose, self.intrinsics, self.height, self.width).rgb
-        return image, pose, goal, arena_bounds(scene, radius)
+        c2w = look_around(pose, self.config.context_seconds, self.motion.fps, self.motion.frames_per_step)
+        clip = np.asarray(render(scene, c2w, self.intrinsics, self.height, self.width).rgb)
+        return clip, c2w, goal, arena_bounds(scene, radius)
+
+    def _check_context(self, context) -> tuple[np.ndarray, np.ndarray]:
+        """Reset option ``context``: ``{"frames": uint8 (1 + K n, H, W, 3), "c2w": (1 + K n, 4, 4)}``."""
+        K = self.motion.frames_per_step
+        if not isinstance(context, dict) or set(context) != {"frames", "c2w"}:
+            raise ValueError(f"reset option 'context' must be a dict {{'frames': uint8 (1 + {K} n, {self.height}, "
+                             f"{self.width}, 3), 'c2w': (1 + {K} n, 4, 4)}}, got {type(context).__name__}")
+        frames = np.asarray(context["frames"])
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or \
+                (frames.shape[0] - 1) % K:
+            raise ValueError(f"reset option 'context': frames must be uint8 (1 + {K} n, {self.height}, {self.width}, 3), "
+                             f"got {frames.dtype} {frames.shape}")
+        c2w = np.stack([check_pose(p) for p in np.asarray(context["c2w"], dtype=np.float64)]) \
+            if np.asarray(context["c2w"]).ndim == 3 else None
+        if c2w is None or c2w.shape[0] != frames.shape[0]:
+            raise ValueError(f"reset option 'context': c2w must be ({frames.shape[0]}, 4, 4), one pose per frame")
+        return frames, c2w
 
     # ----------------------------------------------------------------------------- step
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -419,7 +470,12 @@ _DOC_SECTIONS = """
     ``reset(options={"image": uint8 (H, W, 3), "pose": 4x4, "goal": (3,), "bounds":
     {"low": (x, y, z), "high": (x, y, z)}})`` starts from a user's image instead (no
     resize: the image must have the model's size; default pose a level camera at 1.2 m,
-    default goal 4 m ahead, default bounds none).
+    default goal 4 m ahead, default bounds none); ``{"context": {"frames": uint8 (1 + 4 n,
+    H, W, 3), "c2w": (1 + 4 n, 4, 4)}}`` from a user's posed clip, committed into the state
+    as clean frames (the start is its last frame and pose). With ``context_seconds`` > 0 a
+    seeded reset shows the model a look around of that length first (rendered by the
+    reference world, ending at the start pose). The model state has the same size with or
+    without a context.
 
     ## Episode End
     Terminated within ``goal_radius`` (0.5 m) of the goal, or when the camera leaves the
@@ -441,7 +497,7 @@ _ARGUMENTS = """
     ## Arguments
     One frozen :class:`NavConfig` (``config=``) and/or its fields as keywords:
     ``action_mode``, ``obs_mode``, ``fov_deg``, ``scene_config``, ``motion``, ``task``,
-    ``reference_frames``, ``timing_info``, ``precision`` (``"auto"``: bfloat16 only where the
+    ``reference_frames``, ``timing_info``, ``context_seconds``, ``precision`` (``"auto"``: bfloat16 only where the
     CPU or GPU has native bf16 matrix units, else float32), ``compile``, ``threads`` (torch
     threads, process-wide; default 1 below 16 envs); plus ``model`` (a ``WorldModel``, a
     checkpoint folder, or None for the shipped one) and ``render_mode``. The env's
