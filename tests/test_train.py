@@ -310,3 +310,15 @@ def test_training_benchmark_prints_rates_against_the_measured_peak(capsys):
     assert all(float(r[3]) > 0 and r[5].endswith("%") for r in rows)
     with pytest.raises(SystemExit):
         main(["--steps", "0"])
+
+
+def test_training_benchmark_compiled_backbone_keeps_the_loss(capsys):
+    """The compiled backbone's training step gives the eager step's loss to float tolerance."""
+    from world_model.train.bench import main
+
+    assert main(["--tiny", "--batch-size", "2", "--latent-frames", "3", "--steps", "1", "--warmup", "0",
+                 "--precision", "float32", "--compile", "off", "backbone", "--peak-size", "128"]) == 0
+    rows = {r[1]: r for r in (line.split() for line in capsys.readouterr().out.splitlines())
+            if r[:1] == ["float32"]}
+    assert set(rows) == {"off", "backbone"}
+    assert float(rows["backbone"][-1]) == pytest.approx(float(rows["off"][-1]), abs=1e-5)
