@@ -27,7 +27,7 @@ from torch import nn
 
 from world_model.autoencoder import Autoencoder, StreamCache
 from world_model.checkpoint import CheckpointError, load_pretrained, read_pretrained_config, save_pretrained
-from world_model.diffusion import commit_chunk, sample_chunk, sampling_times
+from world_model.diffusion import sample_chunk, sampling_times
 from world_model.generation import stream_latents
 from world_model.geometry import is_rigid
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig
@@ -128,10 +128,9 @@ class WorldState:
 
     def with_rows(self, index: torch.Tensor | list[int], rows: "WorldState") -> "WorldState":
         """This state with rows ``index (k,)`` replaced by the ``k`` rows of ``rows`` (a
-        state of the same model; floating-point tensors are converted to this state's
-        dtypes). Out of place."""
+        state of the same model, see :meth:`check_like`; floating-point tensors are converted
+        to this state's dtypes). Out of place."""
         index = torch.as_tensor(index, dtype=torch.long)
-        self.check_like(rows, rows_must_match=False)
         decode = StreamCache(tuple(a.index_copy(0, index, b.to(a.dtype))
                                    for a, b in zip(self.decode.previous, rows.decode.previous)),
                              max(self.decode.latent_frames, rows.decode.latent_frames))
@@ -152,9 +151,9 @@ class WorldState:
         return out
 
     def from_tensors(self, tensors: dict[str, torch.Tensor], decode_frames: int) -> "WorldState":
-        """A state of the same model as this one holding ``tensors`` (the names of
-        :meth:`tensors`, any number of rows), checked by :meth:`check_like`: the inverse of
-        :meth:`tensors` for snapshot files."""
+        """A state shaped like this one (same block kinds) holding ``tensors`` (the names of
+        :meth:`tensors`, any number of rows): the inverse of :meth:`tensors` for snapshot
+        files. Shapes, dtypes and values are for :meth:`check_like` to judge."""
         own = self.tensors()
         if set(tensors) != set(own):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
@@ -162,9 +161,7 @@ class WorldState:
                              f"unexpected {extra[:4]})")
         stream = self.stream.from_tensors({k[len("stream."):]: v for k, v in tensors.items() if k.startswith("stream.")})
         decode = StreamCache(tuple(tensors[f"decode.{i}"] for i in range(len(self.decode.previous))), int(decode_frames))
-        state = WorldState(stream, decode, tensors["reference"], tensors["intrinsics"])
-        self.check_like(state, rows_must_match=False)
-        return state
+        return WorldState(stream, decode, tensors["reference"], tensors["intrinsics"])
 
     def check_like(self, other: "WorldState", rows_must_match: bool = True) -> None:
         """Raise ``ValueError`` unless ``other`` could be a state of the same model as this

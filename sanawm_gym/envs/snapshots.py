@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from world_model import WorldState
 from world_model.checkpoint import CheckpointError, load_training_state, save_training_state
+
+if TYPE_CHECKING:
+    from world_model import WorldState
 
 __all__ = ["SNAPSHOT_FORMAT", "NavSnapshot", "ReferenceSnapshot", "read_snapshot", "write_snapshot"]
 

@@ -295,11 +295,11 @@ class NavCore:
                 (frames.shape[0] - 1) % K:
             raise ValueError(f"reset option 'context': frames must be uint8 (1 + {K} n, {self.height}, {self.width}, 3), "
                              f"got {frames.dtype} {frames.shape}")
-        c2w = np.stack([check_pose(p) for p in np.asarray(context["c2w"], dtype=np.float64)]) \
-            if np.asarray(context["c2w"]).ndim == 3 else None
-        if c2w is None or c2w.shape[0] != frames.shape[0]:
-            raise ValueError(f"reset option 'context': c2w must be ({frames.shape[0]}, 4, 4), one pose per frame")
-        return frames, c2w
+        c2w = np.asarray(context["c2w"], dtype=np.float64)
+        if c2w.shape != (frames.shape[0], 4, 4):
+            raise ValueError(f"reset option 'context': c2w must be ({frames.shape[0]}, 4, 4), one pose per frame, "
+                             f"got {c2w.shape}")
+        return frames, np.stack([check_pose(p) for p in c2w])
 
     # ----------------------------------------------------------------------------- step
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -400,7 +400,7 @@ class NavCore:
         by :meth:`WorldState.check_like <world_model.WorldState.check_like>`)."""
         if snap.world.batch_size != 1:
             raise ValueError(f"a snapshot holds one row of model state, this one holds {snap.world.batch_size}")
-        self.state.select([0]).check_like(snap.world)
+        self.state.check_like(snap.world, rows_must_match=False)
         K = self.motion.frames_per_step
         if snap.frames.shape != (K, self.height, self.width, 3) or snap.frames.dtype != np.uint8:
             raise ValueError(f"snapshot frames are {snap.frames.dtype} {snap.frames.shape}, this env's are uint8 "
@@ -421,7 +421,7 @@ class NavCore:
     def load_row(self, r: int, path: str | Path) -> None:
         if self.state is None:
             raise RuntimeError("call reset() once before load_state() (it allocates the model state)")
-        self.set_row(r, read_snapshot(path, NavSnapshot, like=self.state.select([r])))
+        self.set_row(r, read_snapshot(path, NavSnapshot, like=self.state))
 
 
 def _check_bounds(bounds, start: np.ndarray) -> np.ndarray:
