@@ -12,7 +12,7 @@ from world_model.geometry import exp_se3, intrinsics_from_fov
 from world_model.model import WorldModelBackbone, WorldModelConfig, camera_inputs, state_nbytes
 from world_model.model.camera import CameraInputs
 from world_model.model.layers import ucpe_inputs, ucpe_output
-from world_model.model.rope import rope_angles, token_positions
+from world_model.model.rope import apply_rope, rope_angles, token_positions
 
 SMALL = WorldModelConfig(latent_channels=4, latent_height=4, latent_width=4, depth=4, width=32, num_heads=2,
                          softmax_every=2, chunk_frames=2, first_chunk_frames=1, softmax_window_chunks=2)
@@ -104,6 +104,32 @@ def test_a_pass_without_commit_gives_the_same_velocity(model):
         v_all, _ = model(lat, t, cam)
         v_all_dropped, _ = model(lat, t, cam, commit=False)
         assert torch.equal(v_all, v_all_dropped)
+
+
+@pytest.mark.parametrize("window", [2, 0, -1])
+def test_a_pass_from_an_empty_state_attends_like_the_cache(model, window):
+    """A pass given no state (training's) reads the softmax keys from the pass itself; one
+    given an explicit empty state runs the cache: the same velocity, state and gradients,
+    for a wrapping window, a sink-only one and an unbounded one."""
+    cfg = dataclasses.replace(SMALL, softmax_window_chunks=window)
+    m = WorldModelBackbone(cfg).eval()
+    m.load_state_dict(model.state_dict())
+    T = 9  # chunks [1, 2, 2, 2, 2]: with a window of 2, chunk 4 sees the sink and chunks 2-4 only
+    lat, t, cam, _, _ = make_inputs(cfg, T)
+    outs = []
+    for state in (None, m.init_state(lat.shape[0])):
+        x = lat.clone().requires_grad_(True)
+        v, new = m(x, t, cam, state=state)
+        v.square().sum().backward()
+        outs.append((v.detach(), new, x.grad, [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+        m.zero_grad(set_to_none=True)
+    (v0, s0, g0, p0), (v1, s1, g1, p1) = outs
+    torch.testing.assert_close(v0, v1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
+    for a, b in zip(p0, p1):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for name, a in s1.tensors().items():
+        torch.testing.assert_close(s0.tensors()[name], a, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_state_size_is_independent_of_episode_length():
@@ -292,3 +318,27 @@ def test_bench_command_prints_the_chunk_ratios_and_throughput(capsys):
     assert "baseline / hybrid at chunk 12" in out
     assert len([line for line in out.splitlines() if line.split()[:1] == ["1"]]) == 2  # batch 1: float32, bf16
     assert "precision='auto' picks" in out and "1 threads" in out and out.count("<- auto") == 1
+
+
+def test_rope_as_complex_product_equals_the_rotation_written_out():
+    """apply_rope (one complex product over a view of the pairs) against each pair rotated
+    by hand, on a contiguous tensor, a strided slice (as q out of a fused qkv), an odd
+    offset (copied first), float64 (kept) and bfloat16 (returned as given); gradients too."""
+    g = torch.Generator().manual_seed(0)
+    cos_sin = rope_angles(token_positions(3, 2, 2), 8, 10000.0)
+    cos, sin = (a[..., None, :] for a in cos_sin)  # (T, S, 1, 4)
+
+    def by_hand(x):
+        a, b = x[..., 0::2].double(), x[..., 1::2].double()
+        c, s_ = cos.double(), sin.double()
+        return torch.stack([a * c - b * s_, a * s_ + b * c], -1).flatten(-2)
+
+    fused = torch.randn(2, 3, 4, 2, 25, generator=g)
+    for x in (fused[..., :8].contiguous(), fused[..., 8:16], fused[..., 1:9], fused[..., :8].double(),
+              fused[..., :8].bfloat16()):
+        out = apply_rope(x, cos, sin)
+        assert out.dtype == x.dtype and out.shape == x.shape
+        tol = 1e-2 if x.dtype == torch.bfloat16 else 1e-6
+        torch.testing.assert_close(out.double(), by_hand(x.float() if x.dtype == torch.bfloat16 else x), rtol=tol, atol=tol)
+    x = torch.randn(3, 4, 2, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos.double(), sin.double()), (x,))

@@ -81,8 +81,8 @@ def test_loss_excludes_clean_frames_and_matches_the_velocity_target():
     x0 = torch.randn(4, 4, 3, 4, 4)
 
     class Zero(torch.nn.Module):
-        def forward(self, x, t, camera, chunk_lengths, state=None):
-            self.t = t
+        def forward(self, x, t, camera, chunk_lengths, state=None, commit=True):
+            self.t, self.commit = t, commit
             return torch.zeros_like(x), None
 
     model = Zero()
@@ -94,5 +94,6 @@ def test_loss_excludes_clean_frames_and_matches_the_velocity_target():
     noise = torch.randn(x0.shape, generator=g)
     expected = (noise - x0)[:, 1:].square().mean()
     assert torch.equal(model.t, t)
+    assert model.commit is False  # training drops the state: the pass need not assemble it
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert "loss" in logs and "t_mean" in logs

@@ -68,7 +68,7 @@ def sample_chunk_times(cfg: FlowMatchingConfig, batch: int, chunk_lengths: list[
 
 def flow_matching_loss(model, latents: torch.Tensor, camera, chunk_lengths: list[int], cfg: FlowMatchingConfig,
                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Velocity-prediction loss of ``model(x_t, t, camera, chunk_lengths)`` on clean
+    """Velocity-prediction loss of ``model(x_t, t, camera, chunk_lengths, commit=False)`` on clean
     ``latents (B, T, C, h, w)``; returns the loss and a dict of logs."""
     B = latents.shape[0]
     t, pattern = sample_chunk_times(cfg, B, chunk_lengths, generator)
@@ -77,7 +77,7 @@ def flow_matching_loss(model, latents: torch.Tensor, camera, chunk_lengths: list
     tb = t[:, :, None, None, None]
     x_t = (1 - tb) * latents + tb * noise
     target = noise - latents
-    pred, _ = model(x_t, t, camera, chunk_lengths)
+    pred, _ = model(x_t, t, camera, chunk_lengths, commit=False)  # the state after the pass is not used
     weight = (t > 0).float()  # clean frames carry no loss
     per_frame = (pred.float() - target.float()).square().mean((2, 3, 4))  # (B, T)
     loss = (per_frame * weight).sum() / weight.sum().clamp_min(1.0)

@@ -86,7 +86,9 @@ class WorldModelBackbone(CompiledMethods, nn.Module):
         """Velocity for ``latents (B, T, C_lat, h, w)`` and the state after these frames.
 
         ``chunk_lengths`` cut the T frames into chunks (default: the config's schedule,
-        continuing from ``state``); ``state`` holds everything before (default: empty).
+        continuing from ``state``); ``state`` holds everything before (default: empty; the
+        softmax blocks then read the pass's own keys instead of writing and reading a cache,
+        the same function with fewer copies: training's path).
         The returned state is what a caller carries to the next chunk after a clean
         "commit" pass; after a denoising pass it is simply dropped, and ``commit=False``
         says so: the state is then not assembled (None is returned in its place), which
@@ -104,6 +106,7 @@ class WorldModelBackbone(CompiledMethods, nn.Module):
                              f"got {tuple(latents.shape)}")
         if timesteps.shape != (B, T):
             raise ValueError(f"timesteps must be (B, T) = {(B, T)}, got {tuple(timesteps.shape)}")
+        fresh = state is None  # a pass that starts the video: the softmax blocks read keys from the pass itself
         state = state if state is not None else self.init_state(B, latents.device)
         if state.batch_size != B:
             raise ValueError(f"state has batch size {state.batch_size}, latents {B}")
@@ -119,9 +122,9 @@ class WorldModelBackbone(CompiledMethods, nn.Module):
             raise ValueError(f"chunk_lengths {list(chunk_lengths)} must be positive and sum to T={T}")
         check_chunk_sizes(cfg, state.chunk_index, chunk_lengths)
         compute = self.compiled("_compute") if compiled else self._compute
-        return compute(latents, timesteps, camera, list(chunk_lengths), state, commit)
+        return compute(latents, timesteps, camera, list(chunk_lengths), state, commit, fresh)
 
-    def _compute(self, latents, timesteps, camera, chunk_lengths, state, commit):
+    def _compute(self, latents, timesteps, camera, chunk_lengths, state, commit, fresh=False):
         """The forward computation on checked inputs (no data-dependent Python branches)."""
         cfg = self.cfg
         B, T, Cl, h, w = latents.shape
@@ -131,7 +134,7 @@ class WorldModelBackbone(CompiledMethods, nn.Module):
         rope = self._rope(T, state.frame_index)
         blocks = []
         for block, block_state in zip(self.blocks, state.blocks):
-            x, new = block(x, t_mod, chunk_lengths, rope, camera, block_state, state.chunk_index, commit)
+            x, new = block(x, t_mod, chunk_lengths, rope, camera, block_state, state.chunk_index, commit, fresh)
             blocks.append(new)
         shift, scale = (self.final_table[None, None] + t_emb[:, :, None]).unbind(2)  # (B, T, C) each
         x = F.layer_norm(x, (cfg.width,), eps=cfg.norm_eps) * (1 + scale[:, :, None]) + shift[:, :, None]

@@ -71,8 +71,8 @@ class _Objective(torch.nn.Module):
         super().__init__()
         self.backbone, self.flow, self.compiled_backbone = backbone, flow, compiled_backbone
 
-    def _model(self, *args):
-        return self.backbone(*args, compiled=self.compiled_backbone)
+    def _model(self, *args, **kwargs):
+        return self.backbone(*args, **kwargs, compiled=self.compiled_backbone)
 
     def forward(self, latents, c2w, intrinsics, seed: int):
         cfg = self.backbone.cfg

@@ -7,7 +7,12 @@ Same result as :func:`.naive.framewise_gdn_naive`, computed so that PyTorch does
 - no Dk x Dk identity: ``h_t = gamma_t h_{t-1} + (B_t K_t)^T (V_t - K_t gamma_t h_{t-1})``
   with ``K_t: [S, Dk]`` (one row per token), the transpose of
   ``S_t = gamma_t S_{t-1} (I - K_t B_t K_t^T) + V_t B_t K_t^T``; two ``baddbmm`` per frame;
-- one forward scan over all T frames, the output read on the fly per frame;
+- one forward scan over all T frames, the output read on the fly per frame; the frames
+  taken with ``unbind`` (one view per frame, whose backward is one ``stack``), not indexed
+  one by one (each index's backward would write a zero tensor of the whole input);
+- the normaliser runs in the same scan as the numerator: its rows are appended to the
+  numerator's, with ``V = 1`` widened to ``Dv`` columns (every column is ``z``), so one
+  loop of batched matmuls serves both;
 - the backward scans of all chunks at once: chunks sorted by length, loop over the position
   counted back from each chunk's end (at most max(chunk_lengths) - 1 steps, not T), the
   chunks that have run out dropped from the batch;
@@ -60,9 +65,9 @@ def _chunk_causal_scan(
     # (1) forward scan over all frames, inclusive, carried across chunks
     h = h0
     forward_out = []
-    for t in range(T):
-        h = frame_update(h, k[:, t], k_beta[:, t], v[:, t], gamma[:, t])
-        forward_out.append(torch.bmm(q[:, t], h))                # [N, S, Dv]
+    for q_t, k_t, kb_t, v_t, g_t in zip(q.unbind(1), k.unbind(1), k_beta.unbind(1), v.unbind(1), gamma.unbind(1)):
+        h = frame_update(h, k_t, kb_t, v_t, g_t)
+        forward_out.append(torch.bmm(q_t, h))                    # [N, S, Dv]
     out = torch.stack(forward_out, dim=1)                        # [N, T, S, Dv]
     h_final = h
     if max(chunk_lengths) == 1:
@@ -135,21 +140,21 @@ def framewise_gdn_torch(
 
     beta_r = rows(x.beta)                                        # [N, T, S]
     gamma_r = x.gamma.movedim(2, 1).flatten(0, 1)                # [N, T]
+    q_r, k_r, v_r = rows(x.q), rows(x.k), rows(x.v)
+    h0 = x.S0.transpose(-1, -2).flatten(0, 1)                    # [N, Dk, Dv]
+    N = B * H
+    if x.with_denominator:  # the normaliser's rows after the numerator's: V = 1 in every one of Dv columns
+        q_r, k_r = torch.cat([q_r, rows(x.q_den)]), torch.cat([k_r, rows(x.k_den)])
+        v_r = torch.cat([v_r, v_r.new_ones(()).expand(N, T, S, Dv)])
+        beta_r, gamma_r = beta_r.repeat(2, 1, 1), gamma_r.repeat(2, 1)
+        h0 = torch.cat([h0, x.z0.reshape(N, Dk, 1).expand(N, Dk, Dv)])
 
-    out, h_final = _chunk_causal_scan(
-        rows(x.q), rows(x.k), rows(x.v), beta_r, gamma_r,
-        x.S0.transpose(-1, -2).flatten(0, 1), x.chunk_lengths,
-    )
-    numerator = out.view(B, H, T, S, Dv).movedim(1, 3).contiguous()          # [B, T, S, H, Dv]
-    state_S = h_final.view(B, H, Dk, Dv).transpose(-1, -2).contiguous()      # [B, H, Dv, Dk]
+    out, h_final = _chunk_causal_scan(q_r, k_r, v_r, beta_r, gamma_r, h0, x.chunk_lengths)
+    numerator = out[:N].view(B, H, T, S, Dv).movedim(1, 3).contiguous()      # [B, T, S, H, Dv]
+    state_S = h_final[:N].view(B, H, Dk, Dv).transpose(-1, -2).contiguous()  # [B, H, Dv, Dk]
 
     denominator, state_z = None, None
     if x.with_denominator:
-        ones = x.q.new_ones(()).expand(B * H, T, S, 1)           # V = 1: z is a state with Dv = 1
-        den, z_final = _chunk_causal_scan(
-            rows(x.q_den), rows(x.k_den), ones, beta_r, gamma_r,
-            x.z0.reshape(B * H, Dk, 1), x.chunk_lengths,
-        )
-        denominator = den.view(B, H, T, S).movedim(1, 3).contiguous()        # [B, T, S, H]
-        state_z = z_final.view(B, H, Dk)                                     # [B, H, Dk]
+        denominator = out[N:, ..., 0].view(B, H, T, S).movedim(1, 3).contiguous()  # [B, T, S, H]
+        state_z = h_final[N:, :, 0].reshape(B, H, Dk)                              # [B, H, Dk]
     return GDNOutput(numerator=numerator, denominator=denominator, state=GDNState(S=state_S, z=state_z))
