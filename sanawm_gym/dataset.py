@@ -31,6 +31,7 @@ a larger ``num_clips`` extends the dataset. A different config raises ``ValueErr
 Command line (``sanawm-gym dataset``)::
 
     sanawm-gym dataset --out data/ref64 --clips 1000 --frames 65 --height 64 --width 64 --seed 0
+    sanawm-gym dataset --out data/v2 --clips 1000 --frames 129 --seed 0 --mix hold=0.12 --out-steps 3 12
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from world_model.geometry import intrinsics_from_fov
 from sanawm_gym.kinematics import MotionConfig
 from sanawm_gym.reference_world import WORLD_VERSION, SceneConfig, generate_scene, render, render_backend
-from sanawm_gym.reference_world.trajectories import TrajectoryConfig, generate_trajectory
+from sanawm_gym.reference_world.trajectories import BehaviourMix, TrajectoryConfig, generate_trajectory
 from world_model.checkpoint import config_differences
 from world_model.data.layout import (
     ARRAYS,
@@ -275,6 +276,26 @@ def _json(data: dict[str, Any]) -> bytes:
 
 
 # ---------------------------------------------------------------------------- command line
+_MIX_NAMES = tuple(f.name for f in dataclasses.fields(BehaviourMix))
+
+
+def _trajectory_config(mix: Sequence[str], out_steps: Sequence[int] | None) -> TrajectoryConfig:
+    """The default :class:`TrajectoryConfig` with ``NAME=WEIGHT`` behaviour weights and the
+    outward-leg range replaced; ValueError naming what is wrong."""
+    weights = {}
+    for item in mix:
+        name, sep, value = item.partition("=")
+        if not sep or name not in _MIX_NAMES:
+            raise ValueError(f"--mix takes NAME=WEIGHT with NAME one of {', '.join(_MIX_NAMES)}, got {item!r}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--mix {item!r}: the weight must be a number") from None
+    cfg = TrajectoryConfig()
+    cfg = dataclasses.replace(cfg, mix=dataclasses.replace(cfg.mix, **weights))
+    return dataclasses.replace(cfg, out_steps=tuple(out_steps)) if out_steps else cfg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``sanawm-gym dataset --out DIR --clips N --frames F ...``; returns the exit
     status (0), or exits with status 2 and the message on a ``ValueError``."""
@@ -287,13 +308,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument("--clips-per-shard", type=int, default=64, help="clips per safetensors shard")
     parser.add_argument("--fov", type=float, default=90.0, help="horizontal field of view in degrees")
+    parser.add_argument("--mix", nargs="+", default=[], metavar="NAME=WEIGHT",
+                        help=f"behaviour weights replacing the default mix's ({', '.join(_MIX_NAMES)}), e.g. hold=0.12 "
+                             "out_and_back=0.2")
+    parser.add_argument("--out-steps", type=int, nargs=2, metavar=("LO", "HI"),
+                        help="steps of an out-and-back's outward leg (default: TrajectoryConfig's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     start = time.perf_counter()
     try:
-        cfg = DatasetConfig(args.frames, args.height, args.width, args.seed, args.clips_per_shard, args.fov)
+        cfg = DatasetConfig(args.frames, args.height, args.width, args.seed, args.clips_per_shard, args.fov,
+                            trajectory=_trajectory_config(args.mix, args.out_steps))
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             written = _write(Path(args.out), cfg, args.clips, progress=not args.no_progress)
     except ValueError as exc:

@@ -177,6 +177,24 @@ def test_command_line(tmp_path, capsys):
     assert exc.value.code == 2 and "frames_per_clip: 5 in the folder, 6 requested" in capsys.readouterr().err
 
 
+def test_command_line_behaviour_mix(tmp_path, capsys):
+    out = tmp_path / "mix"
+    args = ["--out", str(out), "--clips", "1", "--frames", "9", "--height", "8", "--width", "8", "--no-progress"]
+    assert main(args + ["--mix", "hold=1", "walk=0", "turn=0", "strafe=0", "look_around=0", "change_height=0",
+                        "out_and_back=0", "--out-steps", "2", "5"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    mix = manifest["config"]["trajectory"]["mix"]
+    assert mix["hold"] == 1 and mix["walk"] == 0 and manifest["config"]["trajectory"]["out_steps"] == [2, 5]
+    clip = load_file(str(out / "shard-00000.safetensors"))
+    assert not clip["actions"].any()  # at rest from the start: every action is zero, the camera still
+    np.testing.assert_array_equal(clip["c2w"][0], np.broadcast_to(clip["c2w"][0, :1], clip["c2w"][0].shape))
+    for bad, message in ((["--mix", "jump=1"], "NAME one of walk"), (["--mix", "hold"], "NAME=WEIGHT"),
+                         (["--mix", "hold=x"], "must be a number"), (["--mix", "hold=-1"], "behaviour weights")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(tmp_path / "bad"), "--clips", "1", "--frames", "5", "--no-progress", *bad])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ dataset
 def test_crops(dataset_dir):
     ds = PosedVideoDataset(dataset_dir, clip_frames=4, seed=1, samples_per_clip=2)

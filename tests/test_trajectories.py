@@ -89,7 +89,7 @@ def test_clearance_height_pitch_roll_within_bounds(batch):
 
 def test_every_behaviour_appears(batch):
     seen = {name for _, traj in batch for name in traj.behaviours}
-    assert seen == set(BEHAVIOURS)
+    assert seen == set(BEHAVIOURS) - {"hold"}  # hold has weight 0 in the default mix
     assert sum(len(traj.revisits) for _, traj in batch) >= 10
 
 
@@ -113,7 +113,7 @@ def test_out_and_back_revisits_exactly():
     assert count >= 6
 
 
-@pytest.mark.parametrize("name", ["walk", "turn", "strafe", "look_around", "change_height"])
+@pytest.mark.parametrize("name", ["walk", "turn", "strafe", "look_around", "change_height", "hold"])
 def test_single_behaviour_mixes(name):
     scene = generate_scene(11)
     traj = generate_trajectory(scene, 20, np.random.default_rng(0), _only(name))
@@ -173,3 +173,23 @@ def test_config_validation(changes, match):
 def test_margin_must_cover_a_frame():
     with pytest.raises(ValueError, match="margin"):
         generate_trajectory(generate_scene(0), 4, np.random.default_rng(0), TrajectoryConfig(margin=0.01))
+
+
+def test_hold_brakes_then_keeps_the_camera_still():
+    """A hold after motion ramps the action down along the braking tail (no jump), then
+    every step is zero and every frame the same pose."""
+    mix = dataclasses.replace(CFG.mix, hold=1.0, walk=1.0)
+    cfg = dataclasses.replace(CFG, mix=mix)
+    found = 0
+    for seed in range(6):
+        traj = generate_trajectory(generate_scene(seed), 40, np.random.default_rng(seed), cfg)
+        labels = np.array(traj.behaviours)
+        steps = np.flatnonzero(labels == "hold")
+        zero = ~traj.actions[steps].any(1)
+        for s in steps[zero]:
+            frames = traj.c2w[1 + s * K: 1 + (s + 1) * K]
+            np.testing.assert_array_equal(frames, np.broadcast_to(traj.c2w[s * K], frames.shape))
+            found += 1
+        changes = np.abs(np.diff(traj.actions, axis=0)).max(1)
+        assert changes.max() <= CFG.max_action_change + 1e-6
+    assert found >= 10

@@ -271,6 +271,75 @@ def test_teacher_latent_cache_follows_the_autoencoders_normalisation(wm, tmp_pat
     torch.testing.assert_close(caches[2], caches[0], rtol=0, atol=0)
 
 
+def test_teacher_latent_cache_split_between_processes_equals_one_process(wm, tmp_path, monkeypatch):
+    """Under torchrun each process encodes every other batch into a part file; the parts
+    assembled (in clip order) equal the cache one process writes, and the parts are gone
+    after. Process 1 runs first and is stopped at its barrier, as a kill would stop it:
+    process 0 then reuses its part."""
+    import torch.distributed as tdist
+
+    from sanawm_gym.dataset import write_dataset
+    from world_model.train.config import TrainConfig
+    from world_model.train.stages.teacher import TeacherStage, TeacherStageConfig
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    wm.save_pretrained(tmp_path / "wm")
+    data = write_dataset(tmp_path / "data", num_clips=5, frames_per_clip=5, height=32, width=32, seed=0, progress=False)
+
+    def cache(run: str, rank: int | None, stop_at_barrier: bool = False) -> dict:
+        train = TrainConfig(stage="teacher", data=str(data), out=str(tmp_path / run), clip_frames=5, eval_frames=5,
+                            progress=False)
+        (tmp_path / run).mkdir(exist_ok=True)
+        stage = TeacherStage(train, TeacherStageConfig(model=BACKBONE, autoencoder=str(tmp_path / "wm"), encode_batch=2))
+        with monkeypatch.context() as mp:
+            if rank is not None:
+                mp.setattr(tdist, "is_initialized", lambda: True)
+                mp.setattr(tdist, "get_rank", lambda: rank)
+                mp.setattr(tdist, "get_world_size", lambda: 2)
+
+                def barrier():
+                    if stop_at_barrier:
+                        raise KeyboardInterrupt("killed at the barrier")
+
+                mp.setattr(tdist, "barrier", barrier)
+            return stage._latent_cache()
+
+    single = cache("one", None)
+    with pytest.raises(KeyboardInterrupt):
+        cache("two", 1, stop_at_barrier=True)
+    assert [p.name for p in (tmp_path / "two").glob("*.part*")] == [p.name for p in (tmp_path / "two").glob("*part1of2*")]
+    split = cache("two", 0)
+    for k in ("latents", "c2w", "intrinsics"):
+        torch.testing.assert_close(split[k], single[k], rtol=0, atol=0, msg=k)
+    assert not list((tmp_path / "two").glob("*.part*")) and len(list((tmp_path / "two").glob("latents-*"))) == 1
+
+
+def test_teacher_latent_cache_windows_cut_each_clip_into_consecutive_clips(wm, tmp_path, monkeypatch):
+    """``windows_per_clip=2``: 9-frame clips give two 5-frame training clips each (frames
+    0-4 and 4-8), window 0 the same as the one-window cache; too short clips are refused."""
+    from safetensors.numpy import load_file as load_np
+
+    from sanawm_gym.dataset import write_dataset
+    from world_model.train.config import TrainConfig
+    from world_model.train.stages.teacher import TeacherStage, TeacherStageConfig
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    wm.save_pretrained(tmp_path / "wm")
+    data = write_dataset(tmp_path / "data", num_clips=3, frames_per_clip=9, height=32, width=32, seed=0, progress=False)
+    train = TrainConfig(stage="teacher", data=str(data), out=str(tmp_path / "run"), clip_frames=5, eval_frames=5)
+    (tmp_path / "run").mkdir()
+    caches = [TeacherStage(train, TeacherStageConfig(model=BACKBONE, autoencoder=str(tmp_path / "wm"),
+                                                     windows_per_clip=w))._latent_cache() for w in (1, 2)]
+    one, two = caches
+    assert two["latents"].shape[0] == 6 and one["latents"].shape[0] == 3
+    torch.testing.assert_close(two["latents"][:3], one["latents"], rtol=0, atol=0)
+    c2w = torch.from_numpy(load_np(str(data / "shard-00000.safetensors"))["c2w"])
+    torch.testing.assert_close(two["c2w"][3:], c2w[:, 4:9], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="3 windows of 5 frames need clips of 13 frames, the shortest has 9"):
+        TeacherStage(train, TeacherStageConfig(model=BACKBONE, autoencoder=str(tmp_path / "wm"),
+                                               windows_per_clip=3))._latent_cache()
+
+
 def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):
     from sanawm_gym.fidelity import main
 

@@ -16,6 +16,9 @@ Behaviours, drawn per segment of a few steps from :class:`BehaviourMix`:
   actions in reverse order. Since each frame is ``c2w @ exp(i dt xi)``, the return leg
   retraces the outward frames in reverse and ends on the pose it left from (up to
   rounding, ~1e-15): the frames around the turn are a palindrome (:class:`Revisit`);
+- ``hold``: come to rest (the braking tail) and stay still, so that a model trained on
+  these clips sees a scene that does not move when the camera does not (weight 0 by
+  default: the default mix, and every set drawn with it, are what they were);
 - ``avoid``: not drawn, entered when a step is refused (below): come to rest and turn
   toward the most open heading.
 
@@ -64,11 +67,11 @@ __all__ = [
     "sample_start_pose",
 ]
 
-BEHAVIOURS = ("walk", "turn", "strafe", "look_around", "change_height", "out_and_back", "avoid")
+BEHAVIOURS = ("walk", "turn", "strafe", "look_around", "change_height", "out_and_back", "hold", "avoid")
 """Every behaviour name a trajectory step can carry; ``avoid`` is entered, never drawn."""
-_DRAWN = BEHAVIOURS[:-1]
+_DRAWN = BEHAVIOURS[:-1]  # hold last among them: its weight 0 leaves the other draws as they were
 _SWEEP_FRAMES = 32  # frames per collision query in the final check
-_MOTIONS = BEHAVIOURS[:-2]  # what the outward leg of an out-and-back does
+_MOTIONS = BEHAVIOURS[:5]  # what the outward leg of an out-and-back does
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class BehaviourMix:
     """Climb or sink to a new height."""
     out_and_back: float = 0.12
     """A few steps out, then exactly back (revisits)."""
+    hold: float = 0.0
+    """Come to rest and stay still (0 by default, so that the default draws are unchanged)."""
 
     def __post_init__(self) -> None:
         weights = self.weights()
@@ -503,6 +508,18 @@ def _out_and_back(w: _Walker) -> None:
     w.revisits.append(Revisit(start, n, turn_frame, n * w.motion.frames_per_step))
 
 
+def _hold(w: _Walker, steps: int) -> None:
+    """Come to rest along the braking tail (checked with the step before it), then stay
+    still: a zero action moves nothing, so it is always admissible."""
+    label = "hold"
+    while np.any(w.action != 0) and w.remaining > 0:
+        w.take(w.brake(), label)
+    for _ in range(steps):
+        if w.remaining == 0:
+            break
+        w.take(np.zeros(6, dtype=np.float32), label)
+
+
 def _normalised(weights: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
@@ -598,6 +615,9 @@ def generate_trajectory(
             _out_and_back(w)
             continue
         steps = int(w.rng.integers(cfg.segment_steps[0], cfg.segment_steps[1] + 1))
+        if name == "hold":
+            _hold(w, steps)
+            continue
         if not _run_behaviour(w, name, steps):
             _avoid(w)
     actions = np.stack(w.actions).astype(np.float32) if w.actions else np.zeros((0, 6), np.float32)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset, default_collate
+from tqdm import tqdm
 
 from world_model.autoencoder import Autoencoder
 from world_model.checkpoint import config_differences, copy_matching_tensors, save_pretrained, write_files_atomically
@@ -73,6 +73,11 @@ class TeacherStageConfig:
     """Held-out clips generated at once."""
     encode_batch: int = 16
     """Clips per autoencoder call when building the latent cache."""
+    windows_per_clip: int = 1
+    """Training clips cut from each dataset clip: consecutive windows of ``clip_frames``
+    frames, each starting on the frame the one before ends on (a 129-frame clip holds two
+    65-frame windows). Each window is encoded on its own, so its first latent frame is a
+    single frame, as a generated video's is."""
     init_from: str = ""
     """Warm start: a world-model folder (with ``backbone/``), a backbone folder, or
     ``shipped``; every backbone tensor whose name and shape match is copied, the rest (for
@@ -85,6 +90,8 @@ class TeacherStageConfig:
             raise ValueError(f"progressive_epochs needs {len(self.progressive) - 1} entries for progressive={self.progressive}")
         if min(self.progressive) < 1:
             raise ValueError(f"progressive lengths must be >= 1, got {self.progressive}")
+        if self.windows_per_clip < 1:
+            raise ValueError(f"windows_per_clip must be >= 1, got {self.windows_per_clip}")
 
 
 class LatentClips(Dataset):
@@ -110,6 +117,21 @@ class LatentClips(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         T = self.length
         return {"latents": self.latents[i, :T], "c2w": self.c2w[i, : 1 + self.k * (T - 1)], "intrinsics": self.intrinsics[i]}
+
+
+class _Windows(PosedVideoDataset):
+    """Item ``i`` is window ``i // num_clips`` of clip ``i % num_clips``: frames
+    ``w (F - 1) .. w (F - 1) + F - 1`` for windows of ``F = clip_frames`` frames."""
+
+    def __init__(self, root, clip_frames: int, windows: int):
+        super().__init__(root, clip_frames, samples_per_clip=windows, random_crop=False)
+        need = windows * (clip_frames - 1) + 1
+        if self.num_clips and int(self.clip_lengths.min()) < need:
+            raise ValueError(f"{root}: {windows} windows of {clip_frames} frames need clips of {need} frames, "
+                             f"the shortest has {int(self.clip_lengths.min())}")
+
+    def crop_start(self, index: int) -> int:
+        return (index // self.num_clips) * (self.clip_frames - 1)
 
 
 class TeacherObjective(nn.Module):
@@ -188,28 +210,55 @@ class TeacherStage(Stage):
         return TeacherObjective(backbone, self.config.flow, self._image_hw(ds))
 
     def _latent_cache(self) -> dict[str, Tensor]:
-        """Encode the training clips once (first ``clip_frames`` frames of each) and keep the
+        """Encode the training clips once (the first ``clip_frames`` frames of each, or its
+        ``windows_per_clip`` consecutive windows of that length) and keep the
         result in the run folder, keyed by the data, frames and autoencoder (its weights and its
-        config, which holds the latent normalisation)."""
+        config, which holds the latent normalisation). Under ``torchrun`` each process encodes
+        every ``world_size``-th batch into a part file (atomic), the processes wait for each
+        other, and every one of them assembles the whole cache; the main process writes it and
+        removes the parts. A part left by a killed run is reused."""
         ae = self.autoencoder()
         ae_file = self.autoencoder_folder() / "model.safetensors"
+        windows = self.config.windows_per_clip
         key = hashlib.sha256(json.dumps([str(Path(self.train.data).resolve()), self.train.clip_frames,
                                          hashlib.sha256(ae_file.read_bytes()).hexdigest(),
-                                         dataclasses.asdict(ae.config)]).encode()).hexdigest()[:16]
-        file = Path(self.train.out) / f"latents-{key}.safetensors"
+                                         dataclasses.asdict(ae.config)] + ([windows] if windows > 1 else [])
+                                        ).encode()).hexdigest()[:16]
+        out = Path(self.train.out)
+        file = out / f"latents-{key}.safetensors"
         if file.is_file():
             return safetensors.torch.load_file(file)
-        ds = PosedVideoDataset(self.train.data, self.train.clip_frames, random_crop=False)
-        out: dict[str, list[Tensor]] = {"latents": [], "c2w": [], "intrinsics": []}
-        log.info("encoding %d training clips of %d frames into %s", len(ds), self.train.clip_frames, file)
-        with torch.no_grad():
-            for batch in DataLoader(ds, batch_size=self.config.encode_batch):
-                out["latents"].append(ae.encode(batch["video"]).float())
-                out["c2w"].append(batch["c2w"].float())
-                out["intrinsics"].append(batch["intrinsics"][:, 0].float())
-        tensors = {k: torch.cat(v).contiguous() for k, v in out.items()}
-        buf = io.BytesIO(safetensors.torch.save(tensors))
-        write_files_atomically(file.parent, {file.name: buf.getvalue()})
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+        parts = [out / f"latents-{key}.part{r}of{world}.safetensors" for r in range(world)]
+        if not parts[rank].is_file():
+            ds = _Windows(self.train.data, self.train.clip_frames, windows)
+            batches = range(rank, -(-len(ds) // self.config.encode_batch), world)
+            pieces: dict[str, list[Tensor]] = {"latents": [], "c2w": [], "intrinsics": [], "index": []}
+            log.info("encoding %d training clips of %d frames into %s (%d of %d batches here)", len(ds),
+                     self.train.clip_frames, file, len(batches), -(-len(ds) // self.config.encode_batch))
+            with torch.no_grad():
+                for b in tqdm(batches, desc=f"encoding (process {rank})", disable=not self.train.progress or rank > 0):
+                    index = range(b * self.config.encode_batch, min((b + 1) * self.config.encode_batch, len(ds)))
+                    batch = default_collate([ds[i] for i in index])
+                    pieces["latents"].append(ae.encode(batch["video"]).float())
+                    pieces["c2w"].append(batch["c2w"].float())
+                    pieces["intrinsics"].append(batch["intrinsics"][:, 0].float())
+                    pieces["index"].append(torch.tensor(list(index)))
+            tensors = {k: torch.cat(v).contiguous() for k, v in pieces.items()}
+            write_files_atomically(out, {parts[rank].name: safetensors.torch.save(tensors)})
+        if dist:
+            torch.distributed.barrier()
+        loaded = [safetensors.torch.load_file(p) for p in parts]
+        order = torch.cat([p["index"] for p in loaded]).argsort()
+        tensors = {k: torch.cat([p[k] for p in loaded])[order].contiguous() for k in ("latents", "c2w", "intrinsics")}
+        if rank == 0:
+            write_files_atomically(out, {file.name: safetensors.torch.save(tensors)})
+        if dist:
+            torch.distributed.barrier()  # every process has read the parts before they go
+        if rank == 0:
+            for p in parts:
+                p.unlink(missing_ok=True)
         return tensors
 
     def train_dataset(self) -> Dataset:
