@@ -39,7 +39,7 @@ from world_model.scoring import (
     evaluate_rollouts,
     save_horizon_plot,
 )
-from world_model.world_model import WorldModel, component_folder
+from world_model.world_model import PRECISIONS, WorldModel, autocast, component_folder
 
 __all__ = ["clip_margins", "main"]
 
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--horizons", type=float, nargs="+", default=None,
                    help="seconds after the first frame (default: those of 0.5 2 10 60 within --seconds)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="how the backbone computes: nvfp4 / int8 run a low-bit backbone (emulated on CPU), the "
+                        "autoencoder in float32")
     p.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="folder for report.json and pictures")
     p.add_argument("--autoencoder", action="store_true",
                    help="evaluate the autoencoder alone: reconstruction PSNR / SSIM of the clips")
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     wm = WorldModel.from_pretrained(args.model)
     if args.data is None:
         t0 = time.perf_counter()
-        report = run_suite(wm, args.suite, args.data_root, args.out, args.steps, context_seconds=args.context_seconds)
+        report = run_suite(wm, args.suite, args.data_root, args.out, args.steps, context_seconds=args.context_seconds,
+                           precision=args.precision)
         print(format_report(report))
         print(f"{time.perf_counter() - t0:.0f} s; per-clip values in {args.out / 'report.json'}, pictures in "
               f"{args.out}/<set>/")
@@ -97,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     write_dataset(args.data, args.clips, frames, height=H, width=W, seed=args.seed, progress=True)
     heldout = PosedVideoDataset(args.data, frames, random_crop=False)
     t0 = time.perf_counter()
-    report = evaluate_rollouts(wm.backbone, wm.autoencoder, heldout, wm.image_hw, args.steps or wm.sample_steps,
-                               wm.sample_shift, tuple(args.horizons), batch_size=args.clips,
-                               picture=args.out / "rollout.png")
+    with autocast(args.precision):
+        report = evaluate_rollouts(wm.backbone_for(args.precision), wm.autoencoder, heldout, wm.image_hw,
+                                   args.steps or wm.sample_steps, wm.sample_shift, tuple(args.horizons),
+                                   batch_size=args.clips, picture=args.out / "rollout.png")
     seconds = time.perf_counter() - t0
     save_horizon_plot(report, args.out / "psnr-horizon.png")
     args.out.mkdir(parents=True, exist_ok=True)

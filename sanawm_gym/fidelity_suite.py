@@ -43,6 +43,7 @@ from world_model.autoencoder.losses import psnr
 from world_model.data import PosedVideoDataset
 from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
 from world_model.scoring import BASELINES, FPS, PSNR_CAP, evaluate_rollouts, save_horizon_plot
+from world_model.world_model import autocast, resolve_precision
 
 __all__ = ["SUITES", "HeldoutSet", "format_report", "look_around", "revisit_clip", "run_suite", "still_clip"]
 
@@ -162,17 +163,20 @@ def _revisit_scores(videos: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 @torch.no_grad()
 def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, seed: int = 0,
-              context_seconds: float = 0.0, log=print) -> dict[str, Any]:
+              context_seconds: float = 0.0, log=print, precision: str = "float32") -> dict[str, Any]:
     """Run the ``suite`` (a key of :data:`SUITES`) on the world model ``wm``; held-out sets
     live under ``root``; pictures and ``report.json`` go to ``out``. ``context_seconds``:
     the still and revisit clips start with a :func:`look_around` of that length, given to
     the model clean as a context clip (scores count from its end; the motion sets start
-    from their first frame as before). Returns the report."""
+    from their first frame as before). ``precision``: how the backbone computes (one of
+    ``world_model.world_model.PRECISIONS``; ``nvfp4`` / ``int8``: a low-bit backbone, the
+    autoencoder and the ceiling in float32). Returns the report."""
     hw = tuple(wm.image_hw)
     K = intrinsics_from_fov(90.0, *hw).numpy()
     sample_steps = steps or wm.sample_steps
     report: dict[str, Any] = {"suite": suite, "sample_steps": sample_steps, "context_seconds": context_seconds,
-                              "sets": {}}
+                              "precision": resolve_precision(precision), "sets": {}}
+    backbone = wm.backbone_for(precision)
     context = len(look_around(np.eye(4), context_seconds))
     for spec in SUITES[suite]:
         t0 = time.perf_counter()
@@ -184,10 +188,11 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
         else:
             data, given = [revisit_clip(spec.seed, i, hw, K, context_seconds) for i in range(spec.clips)], context
         (out / spec.name).mkdir(parents=True, exist_ok=True)
-        scored = evaluate_rollouts(wm.backbone, wm.autoencoder, data, hw, sample_steps, wm.sample_shift,
-                                   spec.horizons, batch_size=spec.clips, picture=out / spec.name / "rollout.png",
-                                   seed=seed, frames=REVISIT_FRAMES if spec.kind == "revisit" else (),
-                                   context=given, ceiling=True)
+        with autocast(precision):
+            scored = evaluate_rollouts(backbone, wm.autoencoder, data, hw, sample_steps, wm.sample_shift,
+                                       spec.horizons, batch_size=spec.clips, picture=out / spec.name / "rollout.png",
+                                       seed=seed, frames=REVISIT_FRAMES if spec.kind == "revisit" else (),
+                                       context=given, ceiling=True)
         save_horizon_plot(scored, out / spec.name / "psnr-horizon.png")
         entry: dict[str, Any] = {**dataclasses.asdict(spec), "frames": spec.frames, "context_frames": given,
                                  "seconds_taken": time.perf_counter() - t0}
@@ -206,7 +211,8 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
 
 def format_report(report: dict[str, Any]) -> str:
     """The suite's table: model and baselines per set and horizon (PSNR, SSIM, sharpness)."""
-    lines = [f"fidelity suite '{report['suite']}', {report['sample_steps']} sampler steps, a look-around context of "
+    lines = [f"fidelity suite '{report['suite']}', {report['sample_steps']} sampler steps, backbone in "
+             f"{report.get('precision', 'float32')}, a look-around context of "
              f"{report['context_seconds']:g} s before the still and revisit clips; PSNR in dB against the "
              "exact reference render; sharpness = generated / reference high-frequency energy",
              f"{'set':<9} {'at':>6} {'model':>7} {'cam off':>8} {'first fr':>9} {'AE':>6} {'SSIM':>6} {'sharp':>6} "

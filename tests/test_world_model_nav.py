@@ -83,8 +83,21 @@ def test_bfloat16_precision_is_deterministic_and_close_to_float32(model):
     f, _ = rollout(make(model, precision="float32"), 7, actions)
     diff = np.abs(a.astype(np.int16) - f.astype(np.int16))
     assert 0 < diff.max() and diff.mean() < 3.0  # bf16 changes the frames, but only slightly
-    with pytest.raises(ValueError, match=r"precision must be one of \('auto', 'float32', 'bfloat16'\), got 'fp8'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \('auto', 'float32', 'bfloat16', 'nvfp4', 'int8'\), "
+                                         r"got 'fp8'"):
         make(model, precision="fp8")
+
+
+@pytest.mark.parametrize("precision", ["int8", "nvfp4"])
+def test_low_bit_precisions_step_deterministically(model, precision):
+    """The env steps a low-bit backbone (emulated on CPU): deterministic under a seed, and
+    the frames differ from float32's (the format changes the arithmetic)."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 6)).astype(np.float32)
+    a, _ = rollout(make(model, precision=precision), 7, actions)
+    b, _ = rollout(make(model, precision=precision), 7, actions)
+    np.testing.assert_array_equal(a, b)
+    f, _ = rollout(make(model, precision="float32"), 7, actions)
+    assert not np.array_equal(a[1:], f[1:])
 
 
 def test_compiled_model_passes_match_eager_and_stay_deterministic(model):

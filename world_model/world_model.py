@@ -35,12 +35,16 @@ from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig
 __all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "has_native_bf16",
            "load_backbone", "resolve_precision"]
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "nvfp4", "int8")
 """How :class:`WorldModel` computes: ``float32``, ``bfloat16`` autocast (matmuls and
 convolutions in bfloat16, the GDN recurrence, norms and softmax statistics still in float32),
 or ``auto`` (the default): bfloat16 where the device has native bf16 matrix units (a CUDA
 GPU that supports bf16, a CPU with AMX), float32 elsewhere, where bf16 matmuls are emulated
-and 3-4x slower than float32. :func:`resolve_precision` says which ``auto`` picks."""
+and 3-4x slower than float32. :func:`resolve_precision` says which ``auto`` picks.
+``nvfp4`` (4-bit weights and activations) and ``int8`` (8-bit weights) run the backbone's
+linear layers in that format, the camera conditioning and the autoencoder in float32
+(:mod:`world_model.quantization`); on CPU this emulates the format's arithmetic to measure
+its fidelity, and is not faster."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,8 +80,9 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
-    """The context for ``precision`` (one of :data:`PRECISIONS`; ``auto`` resolved here)."""
-    if resolve_precision(precision, device) == "float32":
+    """The context for ``precision`` (one of :data:`PRECISIONS`; ``auto`` resolved here;
+    the low-bit modes compute in float32 around their quantized layers)."""
+    if resolve_precision(precision, device) != "bfloat16":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
@@ -205,6 +210,21 @@ class WorldModel(nn.Module):
         self.sample_shift = sample_shift
         cfg = backbone.cfg
         self.image_hw = tuple(image_hw or (8 * cfg.latent_height, 8 * cfg.latent_width))
+        self._low_bit: dict[str, WorldModelBackbone] = {}  # quantized copies, built on first use (not submodules)
+
+    def backbone_for(self, precision: str) -> WorldModelBackbone:
+        """The backbone that computes in ``precision``: this one, or for ``nvfp4`` / ``int8``
+        a quantized copy of it (:func:`world_model.quantization.quantize_backbone`, built
+        once per mode and kept; rebuild after changing the weights by clearing
+        ``_low_bit``)."""
+        resolved = resolve_precision(precision, self._device)
+        if resolved not in ("nvfp4", "int8"):
+            return self.backbone
+        if resolved not in self._low_bit:
+            from world_model.quantization import quantize_backbone
+
+            self._low_bit[resolved] = quantize_backbone(self.backbone, resolved)
+        return self._low_bit[resolved]
 
     @property
     def config(self) -> WorldModelConfig:
@@ -286,7 +306,7 @@ class WorldModel(nn.Module):
         with autocast(precision, self._device):
             latents = self.autoencoder.encode(video)  # (B, 1 + n, C, h, w)
             camera = self._camera(poses, ref, K, starts_video=True)
-            _, stream = next(stream_latents(self.backbone, latents, camera, latents.shape[1], None))
+            _, stream = next(stream_latents(self.backbone_for(precision), latents, camera, latents.shape[1], None))
             decoded, cache = self.autoencoder.decode_step(latents, None)
         frames = _to_video(decoded)  # (B, F, H, W, 3)
         return (frames if clip else frames[:, 0]), WorldState(stream, cache, ref, K)
@@ -332,7 +352,7 @@ class WorldModel(nn.Module):
             raise ValueError(f"noise must be {self.noise_shape(B)}, got {tuple(noise.shape)}")
         with autocast(precision, self._device):
             cam = self._camera(c2w, state.reference, state.intrinsics, starts_video=False)
-            latent, stream = sample_chunk(self.backbone, noise, cam, state.stream, times, compiled=compile)
+            latent, stream = sample_chunk(self.backbone_for(precision), noise, cam, state.stream, times, compiled=compile)
             frames, cache = self.autoencoder.decode_step(latent, state.decode, compiled=compile)
         return _to_video(frames), dataclasses.replace(state, stream=stream, decode=cache)
 
@@ -375,7 +395,8 @@ class WorldModel(nn.Module):
         with autocast(precision, self._device):
             camera = self.backbone.camera(poses, torch.as_tensor(K0)[None], self.image_hw)
             start = self.autoencoder.encode(video)  # (1, 1 + n0, C, h, w)
-            for latent, _ in stream_latents(self.backbone, start, camera, num_latent, times, g, compiled=compile):
+            for latent, _ in stream_latents(self.backbone_for(precision), start, camera, num_latent, times, g,
+                                            compiled=compile):
                 out, cache = self.autoencoder.decode_step(latent, cache, compiled=compile)
                 frames.append(_to_video(out)[0])
         return np.concatenate(frames, 0)

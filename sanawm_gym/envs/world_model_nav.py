@@ -101,7 +101,10 @@ class NavConfig:
     identically seeded runs' infos differ, which ``check_env`` rejects)."""
     precision: str = "auto"
     """``"auto"`` (bfloat16 where the device has native bf16 matrix units, else float32),
-    ``"float32"`` or ``"bfloat16"``."""
+    ``"float32"``, ``"bfloat16"``, or a low-bit backbone: ``"nvfp4"`` (4-bit weights and
+    activations) or ``"int8"`` (8-bit weights), camera conditioning and autoencoder in
+    float32. On CPU the low-bit modes emulate the format's arithmetic (a fidelity
+    measurement, not a speed-up; :mod:`world_model.quantization`)."""
     compile: bool = False
     """Run the model's passes through ``torch.compile`` (first step per batch size builds it)."""
     threads: int | None = None
