@@ -340,6 +340,64 @@ def test_teacher_latent_cache_windows_cut_each_clip_into_consecutive_clips(wm, t
                                                windows_per_clip=3))._latent_cache()
 
 
+def test_student_rollout_at_the_last_step_is_the_generation_loop(wm):
+    """With the gradient at the last sampler step, the Self-Forcing rollout (no grad) makes
+    exactly the latents the generation loop makes from the same noise; with gradient, every
+    generated frame carries it and the first frame is the given one."""
+    from world_model.diffusion import sampling_times
+    from world_model.generation import rollout_latents
+    from world_model.train.stages.self_forcing import student_rollout
+
+    backbone = wm.backbone
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 5, 4, 4, 4, generator=g)
+    c2w = torch.as_tensor(np.stack([path(17), path(17)])).float()
+    K = intrinsics_from_fov(90, 32, 32)[None].expand(2, 3, 3).float()
+    cam = backbone.camera(c2w, K, (32, 32))
+    times = sampling_times(2, 3.0)
+    with torch.no_grad():
+        video, error = student_rollout(backbone, latents, cam, times, 1, torch.Generator().manual_seed(5))
+        reference, _ = rollout_latents(backbone, latents[:, :1], cam, 5, times, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(video, reference, rtol=1e-5, atol=1e-6)
+    assert error.shape == (2, 5) and error[:, 0].abs().max() == 0 and (error[:, 1:] > 0).all()
+    video, error = student_rollout(backbone, latents, cam, times, 0, torch.Generator().manual_seed(5))
+    assert torch.equal(video[:, 0].detach(), latents[:, 0]) and video.requires_grad
+    error[:, 1:].mean().backward()
+    grads = [p.grad for p in backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
+    backbone.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="grad_step must be in"):
+        student_rollout(backbone, latents, cam, times, 2)
+
+
+def test_self_forcing_stage_trains_from_a_teacher_and_exports_a_student(wm, tmp_path, monkeypatch):
+    from sanawm_gym.dataset import write_dataset
+
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    data = write_dataset(tmp_path / "data", num_clips=4, frames_per_clip=9, height=32, width=32, seed=0, progress=False)
+    held = write_dataset(tmp_path / "held", num_clips=2, frames_per_clip=9, height=32, width=32, seed=99, progress=False)
+    wm.save_pretrained(tmp_path / "teacher")
+    out = tmp_path / "student"
+    args = [sys.executable, "-m", "world_model.train", "--stage", "self_forcing", "--data", str(data),
+            "--heldout", str(held), "--out", str(out), "--steps", "2", "--batch-size", "2", "--clip-frames", "9",
+            "--eval-frames", "9", "--eval-clips", "2", "--eval-interval", "2", "--num-workers", "0", "--no-progress",
+            "--autoencoder", str(tmp_path / "teacher"), "--init-from", str(tmp_path / "teacher"),
+            "--model.latent-channels", "4", "--model.latent-height", "4", "--model.latent-width", "4",
+            "--model.depth", "2", "--model.width", "32", "--model.num-heads", "2", "--model.softmax-every", "2",
+            "--model.softmax-window-chunks", "2", "--progressive", "3", "--student-steps", "1", "--horizons-s", "0.25"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    student = WorldModel.from_pretrained(out / "final")
+    assert student.sample_steps == 1
+    K = intrinsics_from_fov(90, 32, 32).numpy()
+    assert student.generate_video(first_frame(), path(5), K).shape == (5, 32, 32, 3)
+    without = [a for a in args if a not in ("--init-from", str(tmp_path / "teacher"))]
+    refused = subprocess.run(without[:-2] + ["--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0 and "--init-from" in refused.stderr
+
+
 def test_evaluate_command_reports_horizons_and_baselines(wm, tmp_path, monkeypatch, capsys):
     from sanawm_gym.fidelity import main
 

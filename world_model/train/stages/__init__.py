@@ -11,6 +11,7 @@ __all__ = ["STAGES", "stage_class"]
 STAGES = {
     "autoencoder": "world_model.train.stages.autoencoder:AutoencoderStage",
     "teacher": "world_model.train.stages.teacher:TeacherStage",
+    "self_forcing": "world_model.train.stages.self_forcing:SelfForcingStage",
 }
 """``--stage`` name -> ``module:class`` of a :class:`~world_model.train.stage.Stage`."""
 

@@ -276,20 +276,26 @@ class TeacherStage(Stage):
     # ---------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: nn.Module, heldout: Dataset, out_dir: Path, step: int) -> dict[str, float]:
+        return self._evaluate_with(model, heldout, out_dir, step, self.config.sample_steps)
+
+    def _evaluate_with(self, model: nn.Module, heldout: Dataset, out_dir: Path, step: int, steps: int) -> dict[str, float]:
         cfg = self.config
-        report = evaluate_rollouts(model.backbone, self.autoencoder(), heldout, model.image_hw, cfg.sample_steps,
+        report = evaluate_rollouts(model.backbone, self.autoencoder(), heldout, model.image_hw, steps,
                                    cfg.sample_shift, cfg.horizons_s, cfg.eval_batch, out_dir / f"rollout-{step:08d}.png")
         save_horizon_plot(report, out_dir / f"psnr-horizon-{step:08d}.png")
         return {k: v for k, v in report.items() if isinstance(v, float)}
 
     @torch.no_grad()
     def export(self, model: nn.Module, out_dir: Path, extra: dict[str, Any]) -> None:
+        self._export_with(model, out_dir, extra, self.config.sample_steps)
+
+    def _export_with(self, model: nn.Module, out_dir: Path, extra: dict[str, Any], steps: int) -> None:
         """A complete world-model folder: ``backbone/`` (the EMA weights, the sampling
         settings) and ``autoencoder/`` (the frozen one it was trained on), so that
         ``WorldModel.from_pretrained(out_dir)`` loads it."""
         ae = self.autoencoder()
         save_pretrained(out_dir / "autoencoder", ae, ae.config)
-        sampling = {"steps": self.config.sample_steps, "shift": self.config.sample_shift}
+        sampling = {"steps": steps, "shift": self.config.sample_shift}
         save_pretrained(out_dir / "backbone", model.backbone, model.backbone.cfg,
                         extra={**extra, "sampling": sampling, "image_hw": list(model.image_hw),
                                "flow": dataclasses.asdict(self.config.flow)})
