@@ -342,3 +342,32 @@ def test_rope_as_complex_product_equals_the_rotation_written_out():
         torch.testing.assert_close(out.double(), by_hand(x.float() if x.dtype == torch.bfloat16 else x), rtol=tol, atol=tol)
     x = torch.randn(3, 4, 2, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos.double(), sin.double()), (x,))
+
+
+def test_upstream_camera_form_streams_like_the_full_pass_and_starts_at_zero(model):
+    """``camera_form="upstream"`` (numerator only, RMS rescale, beta discount): the camera
+    branch still adds exactly zero at initialisation, streaming equals the full pass, and
+    with trained-like weights it computes something else than the shared form."""
+    cfg = dataclasses.replace(SMALL, camera_form="upstream")
+    T = 5
+    lat, t, cam, _, _ = make_inputs(cfg, T)
+    fresh = WorldModelBackbone(cfg).eval()
+    with torch.no_grad():
+        a, _ = fresh(lat, t, cam)
+        b, _ = fresh(lat, t, None)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # zero-initialised camera outputs and Plücker
+    m = WorldModelBackbone(cfg).eval()
+    m.load_state_dict(model.state_dict())  # the same weights as the shared-form fixture
+    with torch.no_grad():
+        full, full_state = m(lat, t, cam)
+        state, outs, start = None, [], 0
+        for n in cfg.chunk_lengths(T):
+            sl = slice(start, start + n)
+            out, state = m(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state)
+            outs.append(out)
+            start += n
+        shared, _ = model(lat, t, cam)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(full).all() and (full - shared).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="camera_form must be one of"):
+        dataclasses.replace(SMALL, camera_form="numerator")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["WorldModelConfig"]
+__all__ = ["CAMERA_FORMS", "WorldModelConfig"]
+
+CAMERA_FORMS = ("shared", "upstream")
+"""The normalisations of the GDN camera branch (see ``WorldModelConfig.camera_form``)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ class WorldModelConfig:
     """Epsilon of RMSNorm and LayerNorm."""
     camera_branches: bool = True
     """Build the UCPE and Plücker camera branches (off: an unconditioned video model)."""
+    camera_form: str = "shared"
+    """How the GDN blocks' UCPE camera branch is normalised. ``shared``: its numerator is
+    divided by the main branch's denominator (what the shipped model trained with).
+    ``upstream``: upstream SANA-WM's form: numerator only; the camera q / k / v rescaled
+    after the UCPE transform back to their RMS before it (per frame and head); beta
+    discounted per token by what remains of the key's norm inflation."""
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads:
@@ -71,6 +80,8 @@ class WorldModelConfig:
                      "first_chunk_frames", "softmax_every", "short_conv_kernel", "temporal_conv_kernel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.camera_form not in CAMERA_FORMS:
+            raise ValueError(f"camera_form must be one of {CAMERA_FORMS}, got {self.camera_form!r}")
         if self.softmax_window_chunks < -1:
             raise ValueError(f"softmax_window_chunks must be >= 0, or -1 for unbounded, got {self.softmax_window_chunks}")
 

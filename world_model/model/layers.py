@@ -68,6 +68,16 @@ def ucpe_output(o: torch.Tensor, camera: CameraInputs) -> torch.Tensor:
     return torch.cat([_apply_groups(o[..., :d2], camera.world_to_ray), o[..., d2:]], -1)
 
 
+def _rms_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x (B, T, S, H, D)`` rescaled so that each frame and head has ``like``'s RMS (over
+    the frame's tokens and channels): the UCPE transform's change of scale undone, its
+    per-token directions and relative magnitudes kept."""
+    def rms(t):
+        return t.square().mean((2, 4), keepdim=True).add(1e-12).sqrt()
+
+    return x * (rms(like) / rms(x))
+
+
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.unflatten(-1, (h, -1))  # (..., C) -> (..., H, D)
 
@@ -119,9 +129,12 @@ class FrameGDNAttention(_GatedAttention):
     ``(o + camera) * SiLU(W_g x + b_g)`` (W_g = 0, b_g = 1.2785) then a projection.
 
     The camera branch has its own q/k/v (same feature map, short conv on k), UCPE
-    transforms, its own state ``S_cam``; it shares beta, gamma, the normaliser (the main
-    branch's denominator: a choice, docs/DESIGN.md says so) and the output gate; its output
-    projection is zero-initialised.
+    transforms, its own state ``S_cam``; it shares gamma and the output gate; its output
+    projection is zero-initialised. ``camera_form="shared"`` (the shipped model): it shares
+    beta and the main branch's denominator too (a choice, docs/DESIGN.md says so).
+    ``"upstream"`` (upstream SANA-WM's form): numerator only; q/k/v rescaled after the UCPE
+    transform to their RMS before it, per frame and head; beta divided per token by what
+    remains of the key's squared-norm inflation (when above 1).
     """
 
     def __init__(self, cfg: WorldModelConfig):
@@ -176,10 +189,17 @@ class FrameGDNAttention(_GatedAttention):
         S_cam = state.S_cam
         if use_cam:
             qc, kc = self._features(_heads(qc, H), _heads(keys[..., C:], H), self.cam_q_norm, self.cam_k_norm)
-            qc, kc, vc = ucpe_inputs(qc, kc, _heads(vc, H).float(), camera, rope.half)
-            cam = framewise_gdn(qc, kc, vc, beta, gamma, chunk_lengths, initial_state=GDNState(state.S_cam, None))
+            vc = _heads(vc, H).float()
+            q2, k2, v2 = ucpe_inputs(qc, kc, vc, camera, rope.half)
+            beta_cam = beta
+            if self.cfg.camera_form == "upstream":
+                q2, k2, v2 = (_rms_like(a, b) for a, b in ((q2, qc), (k2, kc), (v2, vc)))
+                inflation = k2.square().sum(-1) / kc.square().sum(-1).clamp_min(1e-12)  # (B, T, S, H)
+                beta_cam = beta / inflation.clamp_min(1.0)
+            cam = framewise_gdn(q2, k2, v2, beta_cam, gamma, chunk_lengths, initial_state=GDNState(state.S_cam, None))
             S_cam = cam.state.S
-            o = o + self.cam_out(ucpe_output(cam.numerator / den, camera).flatten(-2).to(x.dtype)).float()
+            num = cam.numerator if self.cfg.camera_form == "upstream" else cam.numerator / den
+            o = o + self.cam_out(ucpe_output(num, camera).flatten(-2).to(x.dtype)).float()
         y = self.out((o * F.silu(self.gate(x)).float()).to(x.dtype))
         return y, dict(S=main.state.S, z=main.state.z, S_cam=S_cam, k_conv=k_conv)
 
