@@ -178,6 +178,21 @@ def test_rerun_with_other_settings_is_refused(data, full_run, tmp_path, capsys):
     assert "model.latent_channels: 4 in the run folder, 8 now" in err
 
 
+def test_a_run_from_before_a_config_field_existed_resumes_as_its_default(data, full_run, tmp_path, capsys):
+    """A run folder written before a field was added (its run.json lacks it) resumes: the
+    field is read as its default; asking for another value is still refused."""
+    out = tmp_path / "older"
+    shutil.copytree(full_run, out)
+    run = json.loads((out / "run.json").read_text())
+    del run["train"]["grad_clip"], run["stage_config"]["model"]["shortcuts"]
+    (out / "run.json").write_text(json.dumps(run))
+    proc = _train(data, out)
+    assert "done at step 6" in proc.stdout
+    (out / "run.json").write_text(json.dumps(run))
+    err = _main_exit(data, out, capsys, "--grad-clip", "0.5")
+    assert "grad_clip: 1.0 in the run folder, 0.5 now" in err
+
+
 def test_bad_arguments_exit_with_message(data, tmp_path, capsys):
     err = _main_exit(data, tmp_path / "bad", capsys, "--clip-frames", "6")
     assert "error: clip_frames must be 1 + 4n (1, 5, 9, ...) for the autoencoder, got 6" in err
