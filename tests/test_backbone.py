@@ -48,6 +48,17 @@ def slice_cam(cam: CameraInputs, sl: slice) -> CameraInputs:
     return CameraInputs(*(x[:, sl] for x in cam))
 
 
+def stream(model, cfg: WorldModelConfig, lat, t, cam):
+    """The model run chunk by chunk, carrying its state: ``(velocity (B, T, ...), final state)``."""
+    state, outs, start = None, [], 0
+    for n in cfg.chunk_lengths(lat.shape[1]):
+        sl = slice(start, start + n)
+        out, state = model(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state)
+        outs.append(out)
+        start += n
+    return torch.cat(outs, 1), state
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -76,14 +87,8 @@ def test_streaming_equals_full_pass(model):
     lat, t, cam, _, _ = make_inputs(SMALL, T)
     with torch.no_grad():
         full, full_state = model(lat, t, cam)
-        state, outs, start = None, [], 0
-        for n in SMALL.chunk_lengths(T):
-            sl = slice(start, start + n)
-            out, state = model(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state)
-            outs.append(out)
-            start += n
-    stream = torch.cat(outs, 1)
-    rel = (stream - full).norm() / full.norm()
+        streamed, state = stream(model, SMALL, lat, t, cam)
+    rel = (streamed - full).norm() / full.norm()
     assert rel <= 1e-5
     for name, a in full_state.tensors().items():
         torch.testing.assert_close(state.tensors()[name], a, rtol=1e-5, atol=1e-6, msg=name)
@@ -359,15 +364,10 @@ def test_upstream_camera_form_streams_like_the_full_pass_and_starts_at_zero(mode
     m = WorldModelBackbone(cfg).eval()
     m.load_state_dict(model.state_dict())  # the same weights as the shared-form fixture
     with torch.no_grad():
-        full, full_state = m(lat, t, cam)
-        state, outs, start = None, [], 0
-        for n in cfg.chunk_lengths(T):
-            sl = slice(start, start + n)
-            out, state = m(lat[:, sl], t[:, sl], slice_cam(cam, sl), state=state)
-            outs.append(out)
-            start += n
+        full, _ = m(lat, t, cam)
+        streamed, _ = stream(m, cfg, lat, t, cam)
         shared, _ = model(lat, t, cam)
-    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(full).all() and (full - shared).abs().max() > 1e-4
     with pytest.raises(ValueError, match="camera_form must be one of"):
         dataclasses.replace(SMALL, camera_form="numerator")
