@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sanawm_gym.dataset import write_dataset
-from sanawm_gym.fidelity_suite import SUITES, format_report, run_suite
+from sanawm_gym.fidelity_suite import SUITES, compare_reports, format_report, run_suite
 from world_model.autoencoder import load_autoencoder
 from world_model.data import PosedVideoDataset
 from world_model.scoring import (
@@ -66,9 +66,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="how the backbone computes: nvfp4 / int8 run a low-bit backbone (emulated on CPU), the "
                         "autoencoder in float32")
     p.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="folder for report.json and pictures")
+    p.add_argument("--compare", type=Path, nargs=2, metavar=("REPORT_A", "REPORT_B"),
+                   help="print two suite reports (report.json) side by side, B - A per set and horizon, and exit")
     p.add_argument("--autoencoder", action="store_true",
                    help="evaluate the autoencoder alone: reconstruction PSNR / SSIM of the clips")
     args = p.parse_args(argv)
+    if args.compare:
+        try:
+            reports = [json.loads(f.read_text()) for f in args.compare]
+            print(compare_reports(*reports, names=("A", "B")))
+        except (OSError, ValueError, KeyError) as exc:
+            p.error(f"argument --compare: {type(exc).__name__}: {exc}")
+        return 0
     if not 0 <= args.context_seconds <= 30:
         p.error(f"argument --context-seconds: must be in [0, 30] seconds, got {args.context_seconds:g}")
     if args.clips < 1:

@@ -236,3 +236,39 @@ def format_report(report: dict[str, Any]) -> str:
                  "the model beats both baselines. still: the reference is the first frame itself (the first-frame "
                  f"baseline is exact, capped at {PSNR_CAP:.2f} dB).")
     return "\n".join(lines)
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
+    """Two suite reports on the same held-out sets side by side: per set and horizon the
+    model's PSNR, SSIM and sharpness in each, B minus A, and on how many clips B is ahead
+    (the clips are the same seeds in both, so the per-clip differences are paired); the
+    revisit's returned frame too. Raises ValueError when the reports' sets differ."""
+    if set(a["sets"]) != set(b["sets"]):
+        raise ValueError(f"the reports hold different sets: {sorted(a['sets'])} and {sorted(b['sets'])}")
+    na, nb = names
+    lines = [f"{na}: {a.get('precision', 'float32')}, {a['sample_steps']} steps; {nb}: {b.get('precision', 'float32')}, "
+             f"{b['sample_steps']} steps; PSNR (dB), SSIM and sharpness of the model; {nb} - {na}",
+             f"{'set':<9} {'at':>6} {'PSNR ' + na:>10} {'PSNR ' + nb:>10} {'diff':>7} {'clips +':>8} "
+             f"{'SSIM ' + na:>10} {'SSIM ' + nb:>10} {'sharp ' + na:>10} {'sharp ' + nb:>10}"]
+    for name, ea in a["sets"].items():
+        eb = b["sets"][name]
+        for at, ra in ea["horizons"].items():
+            rb = eb["horizons"].get(at)
+            if rb is None:
+                continue
+            paired = np.asarray(rb["clips_psnr_model"]) - np.asarray(ra["clips_psnr_model"])
+            lines.append(f"{name:<9} {at:>6} {ra['psnr_model']:>10.2f} {rb['psnr_model']:>10.2f} "
+                         f"{rb['psnr_model'] - ra['psnr_model']:>+7.2f} {f'{int((paired > 0).sum())}/{len(paired)}':>8} "
+                         f"{ra['ssim_model']:>10.3f} {rb['ssim_model']:>10.3f} {ra['sharpness_model']:>10.2f} "
+                         f"{rb['sharpness_model']:>10.2f}")
+        if "revisit" in ea and "revisit" in eb:
+            xa, xb = ea["revisit"], eb["revisit"]
+            paired = np.asarray(xb["clips_return_vs_reference_model"]) - np.asarray(xa["clips_return_vs_reference_model"])
+            lines.append(f"{name:<9} {'return':>6} {xa['return_vs_reference_model']:>10.2f} "
+                         f"{xb['return_vs_reference_model']:>10.2f} "
+                         f"{xb['return_vs_reference_model'] - xa['return_vs_reference_model']:>+7.2f} "
+                         f"{f'{int((paired > 0).sum())}/{len(paired)}':>8}   (vs the first visit: "
+                         f"{xa['return_vs_first_visit_model']:.2f} / {xb['return_vs_first_visit_model']:.2f}; "
+                         f"a wrong view {xa['wrong_view']:.2f})")
+    lines.append(f"clips +: clips (the same seeds in both) on which {nb} scores higher than {na}.")
+    return "\n".join(lines)

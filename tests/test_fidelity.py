@@ -107,3 +107,29 @@ def test_suite_with_a_look_around_context_scores_from_its_end(tmp_path, monkeypa
     assert report["context_seconds"] == 1.0 and entry["context_frames"] == 17
     assert len(entry["curves"]["curve_model"]) == 81  # scored from the context's last frame
     assert entry["curves"]["curve_first_frame"][0] == pytest.approx(PSNR_CAP)
+
+
+def test_compare_reports_pairs_the_clips_and_refuses_other_sets(tmp_path, capsys):
+    def row(psnr):
+        return {"psnr_model": float(np.mean(psnr)), "clips_psnr_model": psnr, "ssim_model": 0.5, "sharpness_model": 0.2}
+
+    def report(motion, returned):
+        return {"sample_steps": 2, "sets": {
+            "motion": {"horizons": {"2s": row(motion)}},
+            "revisit": {"horizons": {}, "revisit": {"return_vs_reference_model": float(np.mean(returned)),
+                                                    "clips_return_vs_reference_model": returned,
+                                                    "return_vs_first_visit_model": 20.0, "wrong_view": 14.0}}}}
+
+    a, b = report([20.0, 22.0, 24.0], [18.0, 19.0]), report([21.0, 21.0, 25.0], [19.0, 20.0])
+    table = suite.compare_reports(a, b, ("old", "new"))
+    motion = next(line for line in table.splitlines() if line.startswith("motion"))
+    assert motion.split()[2:6] == ["22.00", "22.33", "+0.33", "2/3"]  # paired per clip: 2 of 3 ahead
+    assert "return" in table and "2/2" in table
+    with pytest.raises(ValueError, match="different sets"):
+        suite.compare_reports(a, {"sample_steps": 2, "sets": {"motion": a["sets"]["motion"]}})
+    from sanawm_gym.fidelity import main
+
+    for name, r in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    assert main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "+0.33" in capsys.readouterr().out
