@@ -58,7 +58,7 @@ from world_model.geometry import intrinsics_from_fov
 from sanawm_gym.kinematics import MotionConfig
 from sanawm_gym.reference_world import WORLD_VERSION, SceneConfig, generate_scene, render, render_backend
 from sanawm_gym.reference_world.trajectories import BehaviourMix, TrajectoryConfig, generate_trajectory
-from world_model.checkpoint import config_differences
+from world_model.checkpoint import config_differences, field_defaults, with_defaults
 from world_model.data.layout import (
     ARRAYS,
     FORMAT,
@@ -186,7 +186,9 @@ def _prepare_folder(folder: Path, cfg: DatasetConfig, num_clips: int) -> dict[st
         if any(folder.iterdir()):
             raise ValueError(f"{folder} is not empty and has no {MANIFEST}; refusing to write a dataset into it")
         return {}
-    differences = _config_differences(manifest.get("config", {}), cfg.to_json())
+    # a field added to the config since the set was written did not exist then: it is read as its default
+    stored = with_defaults(manifest.get("config", {}), json.loads(json.dumps(field_defaults(DatasetConfig))))
+    differences = _config_differences(stored, cfg.to_json())
     if differences:
         raise ValueError(f"{folder} holds a dataset with a different config; differing fields:\n  "
                          + "\n  ".join(differences) + "\nuse the same arguments to resume, or another --out folder")

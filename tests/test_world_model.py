@@ -465,9 +465,10 @@ def test_the_shipped_default_checkpoint_loads_and_generates():
     assert video.shape == (5, 64, 64, 3) and video.dtype == np.uint8
 
 
-@pytest.mark.parametrize("folder", [None, ROOT / "checkpoints" / "world-model-32ch"], ids=["shipped", "32ch"])
+@pytest.mark.parametrize("folder", [None, ROOT / "checkpoints" / "world-model-32ch", ROOT / "checkpoints" / "teacher-v2-candidate"],
+                         ids=["shipped", "32ch", "v2-candidate"])
 def test_trained_world_models_follow_the_camera(folder, tmp_path, monkeypatch):
-    """The shipped checkpoint and the former one in ``checkpoints/`` load into today's code
+    """The shipped checkpoint and the ones in ``checkpoints/`` load into today's code
     and, on fresh held-out clips, beat both baselines 1 s ahead by a clear margin (measured
     on these 4 clips at 2 sampler steps, model / first frame / camera off: shipped 21.2 /
     17.9 / 14.5 dB, 32ch 21.3 / 17.9 / 15.9 dB)."""

@@ -41,7 +41,9 @@ from torch import nn
 __all__ = [
     "CONFIG_NAME",
     "CheckpointError",
+    "config_differences",
     "copy_matching_tensors",
+    "field_defaults",
     "WEIGHTS_NAME",
     "load_pretrained",
     "load_state_into",
@@ -52,6 +54,7 @@ __all__ = [
     "remove_stale_temporaries",
     "save_pretrained",
     "save_training_state",
+    "with_defaults",
     "write_files_atomically",
 ]
 
@@ -370,6 +373,32 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: data}
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The declared default of every field of dataclass ``cls`` that has one (nested
+    dataclasses as dicts), without constructing ``cls`` (whose checks may need values)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def with_defaults(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with every key it lacks taken from ``defaults`` (nested dicts merged)."""
+    out = dict(stored)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
 
 
 def config_differences(stored: Any, wanted: Any, ignore: frozenset[str] = frozenset(),

@@ -45,12 +45,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from world_model.checkpoint import (
     CheckpointError,
+    field_defaults,
     load_state_into,
     load_training_state,
     optimizer_state_from_flat,
     optimizer_state_to_flat,
     remove_stale_temporaries,
     save_training_state,
+    with_defaults,
     write_files_atomically,
 )
 from world_model.train import distributed
@@ -167,32 +169,6 @@ def _run_configs(cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
                                   "stage_config": dataclasses.asdict(stage.config)}))
 
 
-def _field_defaults(cls: type) -> dict[str, Any]:
-    """The declared default of every field of dataclass ``cls`` that has one (nested
-    dataclasses as dicts), without constructing ``cls`` (whose checks may need values)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            continue
-        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    return out
-
-
-def _with_defaults(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``stored`` with every key it lacks taken from ``defaults`` (nested dicts merged)."""
-    out = dict(stored)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(value, dict) and isinstance(out[key], dict):
-            out[key] = _with_defaults(out[key], value)
-    return out
-
-
 def _check_run_folder(out: Path, cfg: TrainConfig, stage: Stage) -> None:
     """Write ``run.json``, or check that the run in ``out`` was started with the same configs."""
     wanted = _run_configs(cfg, stage)
@@ -203,11 +179,11 @@ def _check_run_folder(out: Path, cfg: TrainConfig, stage: Stage) -> None:
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: unreadable ({exc}); delete it to start the run afresh") from None
         # a field added to a config since the run started did not exist then: it is read as its default
-        defaults = json.loads(json.dumps({"train": _field_defaults(TrainConfig),
-                                          "stage_config": _field_defaults(type(stage.config))}))
-        diffs = config_differences(_with_defaults(stored.get("train", {}), defaults["train"]), wanted["train"],
+        defaults = json.loads(json.dumps({"train": field_defaults(TrainConfig),
+                                          "stage_config": field_defaults(type(stage.config))}))
+        diffs = config_differences(with_defaults(stored.get("train", {}), defaults["train"]), wanted["train"],
                                    ignore=RESUMABLE_FIELDS)
-        diffs += config_differences(_with_defaults(stored.get("stage_config", {}), defaults["stage_config"]),
+        diffs += config_differences(with_defaults(stored.get("stage_config", {}), defaults["stage_config"]),
                                     wanted["stage_config"])
         if stored.get("stage") != wanted["stage"]:
             diffs.append(f"stage: {stored.get('stage')!r} in the run folder, {wanted['stage']!r} now")
