@@ -20,6 +20,7 @@ from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
 from sanawm_gym.reference_world import generate_scene
 from sanawm_gym.reference_world.collision import obstacle_sweep
 from sanawm_gym.dataset import clip_seeds, main, write_dataset
+from sanawm_gym.reference_world.trajectories import BehaviourMix, TrajectoryConfig
 from world_model.data import MANIFEST, ExternalPosedClips, PosedVideoDataset, open_dataset
 
 SIZE = dict(frames_per_clip=10, height=16, width=16, clips_per_shard=2, progress=False)
@@ -144,6 +145,20 @@ def test_extend_keeps_the_first_clips(dataset_dir, tmp_path):
     assert _files(folder) == _files(dataset_dir)
     with pytest.raises(ValueError, match="refusing to shrink"):
         write_dataset(folder, 2, seed=3, **SIZE)
+
+
+def test_a_set_written_before_a_config_field_existed_resumes(dataset_dir, tmp_path):
+    """A manifest without a field added since (here the mix's ``hold``) reads it as its
+    default: the same arguments resume the set; another value is refused."""
+    folder = tmp_path / "older"
+    shutil.copytree(dataset_dir, folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    del manifest["config"]["trajectory"]["mix"]["hold"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    write_dataset(folder, NUM_CLIPS, seed=3, **SIZE)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="trajectory.mix.hold: 0.0 in the folder, 0.5 requested"):
+        write_dataset(folder, NUM_CLIPS, seed=3, trajectory_config=TrajectoryConfig(mix=BehaviourMix(hold=0.5)), **SIZE)
 
 
 def test_config_mismatch_names_the_fields(dataset_dir, tmp_path):
