@@ -465,8 +465,9 @@ def test_the_shipped_default_checkpoint_loads_and_generates():
     assert video.shape == (5, 64, 64, 3) and video.dtype == np.uint8
 
 
-@pytest.mark.parametrize("folder", [None, ROOT / "checkpoints" / "world-model-32ch", ROOT / "checkpoints" / "teacher-v2-candidate"],
-                         ids=["shipped", "32ch", "v2-candidate"])
+@pytest.mark.parametrize("folder", [None, ROOT / "checkpoints" / "world-model-32ch", ROOT / "checkpoints" / "teacher-v2-candidate",
+                                    ROOT / "checkpoints" / "student-sf-probe"],
+                         ids=["shipped", "32ch", "v2-candidate", "sf-probe"])
 def test_trained_world_models_follow_the_camera(folder, tmp_path, monkeypatch):
     """The shipped checkpoint and the ones in ``checkpoints/`` load into today's code
     and, on fresh held-out clips, beat both baselines 1 s ahead by a clear margin (measured
