@@ -86,19 +86,23 @@ def _check_model(args: argparse.Namespace, used: bool, user: str) -> None:
         return
     if not used:
         args.parser.error(f"argument --model: only {user} uses a world model; drop --model")
-    if not Path(args.model).is_dir():
-        args.parser.error(f"argument --model: {args.model!r} is not a folder (a world-model checkpoint folder with "
-                          f"autoencoder/ and backbone/; leave --model out for the shipped one)")
+    from world_model.world_model import PACKAGED_MODELS, packaged_model
+
+    for model in ([args.model] if isinstance(args.model, str) else args.model):
+        if packaged_model(model) is None and not Path(model).is_dir():
+            args.parser.error(f"argument --model: {model!r} is neither a folder (a world-model checkpoint folder with "
+                              f"autoencoder/ and backbone/) nor a packaged model ({', '.join(PACKAGED_MODELS)}); "
+                              f"leave --model out for the default")
 
 
-def _load_model(args: argparse.Namespace):
-    """The world model of ``--model`` (shipped one if empty); a bad checkpoint is an
-    argument error, not a traceback."""
+def _load_model(args: argparse.Namespace, model: str | None = None):
+    """The world model ``model`` (default: ``--model``; the default one if empty): a folder or
+    a packaged model's name; a bad checkpoint is an argument error, not a traceback."""
     from sanawm_gym.envs.world_model_nav import load_world_model
     from world_model.checkpoint import CheckpointError
 
     try:
-        return load_world_model(args.model or None)
+        return load_world_model((model if model is not None else args.model) or None)
     except CheckpointError as err:
         args.parser.error(f"argument --model: {err}")
 
@@ -266,7 +270,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_vector_env(args: argparse.Namespace) -> int:
-    """Frames/s of the batched world-model env at several batch sizes, side by side."""
+    """Frames/s of the batched world-model env at several batch sizes, side by side: every
+    ``--model`` (for example the default student beside ``teacher``) x every mode."""
     import gymnasium as gym
     import torch
 
@@ -275,36 +280,42 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
     from sanawm_gym.envs.world_model_nav import inference_threads
     from world_model.world_model import has_native_bf16, resolve_precision
 
-    model = _load_model(args)
+    names = args.model or ["default"]
+    models = {name: _load_model(args, name) for name in names}
     modes = [(p, c == "on", t) for t in args.threads for c in args.compile for p in args.precision]
-    print(f"SanaWM/Nav-v0 native vector env, {model.sample_steps} sampler steps + 1 commit pass per step, "
-          f"{model.config.frames_per_latent} frames per step; precision 'auto' is {resolve_precision('auto')} here "
-          f"(native bf16 matrix units: {'yes' if has_native_bf16() else 'no'}); threads 'auto': 1 below 16 envs, "
-          f"else all CPUs; x N=1 compares within one mode, x base with the first mode at the same N")
-    print(f"{'envs':>5} {'precision':>9} {'compile':>7} {'threads':>7} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} "
-          f"{'x base':>7}")
+    passes = ", ".join(f"{name}: {m.sample_steps} sampler step{'s' * (m.sample_steps > 1)} + 1 commit pass"
+                       for name, m in models.items())
+    print(f"SanaWM/Nav-v0 native vector env, backbone passes per step ({passes}), "
+          f"{next(iter(models.values())).config.frames_per_latent} frames per step; precision 'auto' is "
+          f"{resolve_precision('auto')} here (native bf16 matrix units: {'yes' if has_native_bf16() else 'no'}); "
+          f"threads 'auto': 1 below 16 envs, else all CPUs; x N=1 compares within one model and mode, x base with "
+          f"the first model and mode at the same N")
+    width = max(5, *(len(n) for n in names))
+    print(f"{'envs':>5} {'model':>{width}} {'precision':>9} {'compile':>7} {'threads':>7} {'steps/s':>9} "
+          f"{'frames/s':>9} {'x N=1':>7} {'x base':>7}")
     first_n: dict[tuple, float] = {}
     for n in args.num_envs:
         base = None
-        for precision, compiled, threads in modes:
-            chosen = inference_threads(n, None if threads == "auto" else int(threads))
-            venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
-                                precision=precision, compile=compiled, threads=chosen)
-            venv.reset(seed=args.seed)
-            actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
-            venv.step(actions[0])  # warm-up (and, compiled, the build)
-            t0 = time.perf_counter()
-            for a in actions[1:]:
-                venv.step(a)
-            dt = time.perf_counter() - t0
-            frames = n * args.env_steps * model.config.frames_per_latent / dt
-            first_n.setdefault((precision, compiled, threads), frames)
-            base = base or frames
-            shown = venv.unwrapped.core.precision + ("*" if precision == "auto" else "")
-            print(f"{n:>5} {shown:>9} {'on' if compiled else 'off':>7} {torch.get_num_threads():>7} "
-                  f"{n * args.env_steps / dt:>9.1f} {frames:>9.1f} {frames / first_n[precision, compiled, threads]:>6.1f}x "
-                  f"{frames / base:>6.2f}x", flush=True)
-            venv.close()
+        for name, model in models.items():
+            for precision, compiled, threads in modes:
+                chosen = inference_threads(n, None if threads == "auto" else int(threads))
+                venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
+                                    precision=precision, compile=compiled, threads=chosen)
+                venv.reset(seed=args.seed)
+                actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
+                venv.step(actions[0])  # warm-up (and, compiled, the build)
+                t0 = time.perf_counter()
+                for a in actions[1:]:
+                    venv.step(a)
+                dt = time.perf_counter() - t0
+                frames = n * args.env_steps * model.config.frames_per_latent / dt
+                first_n.setdefault((name, precision, compiled, threads), frames)
+                base = base or frames
+                shown = venv.unwrapped.core.precision + ("*" if precision == "auto" else "")
+                print(f"{n:>5} {name:>{width}} {shown:>9} {'on' if compiled else 'off':>7} {torch.get_num_threads():>7} "
+                      f"{n * args.env_steps / dt:>9.1f} {frames:>9.1f} "
+                      f"{frames / first_n[name, precision, compiled, threads]:>6.1f}x {frames / base:>6.2f}x", flush=True)
+                venv.close()
     if "auto" in args.precision:
         print("* chosen by precision='auto'")
     return 0
@@ -395,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One goal-seeking episode -> OUT_DIR/demo.rrd and OUT_DIR/demo.mp4 "
                                    "(the agent's frames | the exact reference render | a top-down map).")
     d.add_argument("--env", default=DEMO_ENV, choices=ids, metavar="ID", help=f"{env_help} (default: %(default)s)")
-    d.add_argument("--model", default="", help="world-model checkpoint folder (default: the shipped one); "
+    d.add_argument("--model", default="", help="world-model checkpoint folder or packaged model (default, teacher); "
                                                "world-model envs only")
     d.add_argument("--seed", type=SEED, default=1, help="episode seed, >= 0 (default: %(default)s)")
     d.add_argument("--out-dir", type=Path, default=Path("outputs"), help="folder for demo.rrd and demo.mp4")
@@ -417,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="renderer and env throughput; `bench env`: the batched world-model env")
     b.add_argument("target", nargs="?", default="render", choices=["render", "env"], help="what to benchmark")
     b.add_argument("--num-envs", type=COUNT, nargs="+", default=[1, 4, 16, 64], help="`bench env`: batch sizes, >= 1")
-    b.add_argument("--model", default="", help="`bench env`: world-model checkpoint folder (default: the shipped one)")
+    b.add_argument("--model", nargs="+", default=[], help="`bench env`: world-model checkpoint folders or packaged "
+                   "models (default, teacher), measured side by side (default: the default one)")
     b.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["auto", "float32", "bfloat16"],
                    help="`bench env`: precisions to measure side by side (x N=1 is within one precision); 'auto' "
                         "is what the env picks by default (bfloat16 only with native bf16 matrix units)")

@@ -47,7 +47,8 @@ __all__ = ["clip_margins", "main"]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sanawm-gym fidelity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--model", default=None, help="checkpoint folder, or a packaged model's name (default, teacher); "
+                   "default: the default one")
     p.add_argument("--suite", choices=sorted(SUITES), default="short",
                    help="without --data: the fidelity suite to run (short: about 5-10 min on 2 cores; long adds 60 s clips)")
     p.add_argument("--context-seconds", type=float, default=0.0,

@@ -55,20 +55,28 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
     backbone = WorldModelBackbone(WorldModelConfig(latent_channels=4, depth=2, width=32, num_heads=2, softmax_every=2))
     WorldModel(ae, backbone, sample_steps=1).save_pretrained(tmp_path / "wm")
     stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "2", "--env-steps", "2")
-    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    rows = [line.split()[:1] + line.split()[2:] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "bfloat16", "off"], ["2", "float32", "off"],
                                      ["2", "bfloat16", "off"]]
     assert rows[0][-2:] == ["1.0x", "1.00x"] and rows[1][-2] == "1.0x" and float(rows[1][-1][:-1]) > 0
     stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "--env-steps", "2",
                      "--precision", "float32", "--compile", "off", "on")
-    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    rows = [line.split()[:1] + line.split()[2:] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "float32", "on"]] and float(rows[1][-1][:-1]) > 0
     stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "--env-steps", "2",
                      "--precision", "auto", "--threads", "auto", "2")
     assert "precision 'auto' is " in stdout and "* chosen by precision='auto'" in stdout
-    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    rows = [line.split()[:1] + line.split()[2:] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [(r[0], r[1].rstrip("*"), r[3]) for r in rows] == [("1", "float32", "1"), ("1", "float32", "2")] or \
         [r[1] for r in rows] == ["bfloat16*", "bfloat16*"]  # auto: float32 without native bf16 matrix units
+    # two models side by side (a 1-step and a 2-step sampler): x base compares them at the same N
+    WorldModel(ae, backbone, sample_steps=2).save_pretrained(tmp_path / "wm2")
+    stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), str(tmp_path / "wm2"), "--num-envs", "1",
+                     "--env-steps", "2", "--precision", "float32")
+    assert "1 sampler step + 1 commit pass" in stdout and "2 sampler steps + 1 commit pass" in stdout
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[1] for r in rows] == [str(tmp_path / "wm"), str(tmp_path / "wm2")]
+    assert rows[0][-1] == "1.00x" and rows[1][-2] == "1.0x" and float(rows[1][-1][:-1]) > 0
 
 
 # ------------------------------------------------------------------------ in-process checks
@@ -141,7 +149,7 @@ def test_bad_arguments_give_one_line_and_status_2(argv, message, capsys):
 
 def test_model_and_out_dir_must_be_usable(tmp_path, capsys):
     missing = tmp_path / "missing"
-    assert "demo: error: argument --model: " + repr(str(missing)) + " is not a folder" in \
+    assert "demo: error: argument --model: " + repr(str(missing)) + " is neither a folder" in \
         _argument_error(["demo", "--model", str(missing)], capsys)
     (tmp_path / "wm" / "autoencoder").mkdir(parents=True)  # a folder, but no checkpoint in it
     line = _argument_error(["demo", "--model", str(tmp_path / "wm"), "--out-dir", str(tmp_path)], capsys)

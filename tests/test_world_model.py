@@ -370,6 +370,45 @@ def test_student_rollout_at_the_last_step_is_the_generation_loop(wm):
         student_rollout(backbone, latents, cam, times, 2)
 
 
+def test_dmd_gradient_is_the_score_difference_and_reaches_only_student_and_critic(wm):
+    """DMD: with the critic equal to the teacher the two scores agree and the student's
+    gradient is exactly zero; once the critic differs, the student's gradient through a
+    generated chunk is non-zero (the first, given frame gets none), the teacher gets none
+    and the critic only from its own flow-matching loss."""
+    import copy
+
+    from world_model.diffusion import sampling_times
+    from world_model.train.stages.self_forcing import dmd_losses, student_rollout
+
+    student = copy.deepcopy(wm.backbone)
+    teacher = copy.deepcopy(wm.backbone).requires_grad_(False)
+    critic = copy.deepcopy(wm.backbone)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 4, 4, 4, generator=g)
+    c2w = torch.as_tensor(np.stack([path(13), path(13)])).float()
+    K = intrinsics_from_fov(90, 32, 32)[None].expand(2, 3, 3).float()
+    cam = student.camera(c2w, K, (32, 32))
+    video, _ = student_rollout(student, latents, cam, sampling_times(1, 3.0), 0, torch.Generator().manual_seed(1))
+    video.retain_grad()
+    dmd, crit, g_abs = dmd_losses(video, cam, teacher, critic, 3.0, generator=torch.Generator().manual_seed(2))
+    dmd.backward(retain_graph=True)
+    assert float(g_abs) == 0 and video.grad.abs().max() == 0  # same weights: same scores, no DMD gradient
+    assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in critic.parameters())
+    crit.backward()
+    assert float(crit.detach()) > 0 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in critic.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    with torch.no_grad():  # a critic that has learned something else
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    video.grad = None
+    student.zero_grad(set_to_none=True)
+    dmd, _, g_abs = dmd_losses(video, cam, teacher, critic, 3.0, generator=torch.Generator().manual_seed(2))
+    dmd.backward(retain_graph=True)
+    assert float(g_abs) > 0 and video.grad[:, 0].abs().max() == 0 and (video.grad[:, 1:].abs().sum((2, 3, 4)) > 0).all()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
 def test_self_forcing_stage_trains_from_a_teacher_and_exports_a_student(wm, tmp_path, monkeypatch):
     from sanawm_gym.dataset import write_dataset
 
@@ -384,16 +423,19 @@ def test_self_forcing_stage_trains_from_a_teacher_and_exports_a_student(wm, tmp_
             "--autoencoder", str(tmp_path / "teacher"), "--init-from", str(tmp_path / "teacher"),
             "--model.latent-channels", "4", "--model.latent-height", "4", "--model.latent-width", "4",
             "--model.depth", "2", "--model.width", "32", "--model.num-heads", "2", "--model.softmax-every", "2",
-            "--model.softmax-window-chunks", "2", "--progressive", "3", "--student-steps", "1", "--horizons-s", "0.25"]
+            "--model.softmax-window-chunks", "2", "--progressive", "3", "--student-steps", "1", "--horizons-s", "0.25",
+            "--dmd-weight", "0.5", "--dmd-teacher", str(tmp_path / "teacher")]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {"regression", "dmd_grad", "critic"} <= set(logged[-1])
     student = WorldModel.from_pretrained(out / "final")
     assert student.sample_steps == 1
     K = intrinsics_from_fov(90, 32, 32).numpy()
     assert student.generate_video(first_frame(), path(5), K).shape == (5, 32, 32, 3)
-    without = [a for a in args if a not in ("--init-from", str(tmp_path / "teacher"))]
-    refused = subprocess.run(without[:-2] + ["--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True,
+    without = [a for a in args[:-4] if a not in ("--init-from", str(tmp_path / "teacher"))]
+    refused = subprocess.run(without + ["--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=300)
     assert refused.returncode != 0 and "--init-from" in refused.stderr
 
@@ -463,6 +505,30 @@ def test_the_shipped_default_checkpoint_loads_and_generates():
     frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     video = wm.generate_video(frame, path(5), K, seed=0)
     assert video.shape == (5, 64, 64, 3) and video.dtype == np.uint8
+
+
+def test_packaged_models_load_by_name_and_share_one_autoencoder(tmp_path, monkeypatch):
+    """``"default"`` and ``"teacher"`` name the package's checkpoints (their backbones differ
+    only in what was trained; the autoencoder is stored once); a folder of that name, where
+    one exists, wins over the name; anything else is a clear error."""
+    from world_model.world_model import DEFAULT_WEIGHTS, PACKAGED_MODELS, component_folder, packaged_model
+
+    assert set(PACKAGED_MODELS) == {"default", "teacher"}
+    assert packaged_model(None) == "default" and packaged_model("teacher") == "teacher"
+    assert component_folder("teacher", "autoencoder") == component_folder(None, "autoencoder") == \
+        DEFAULT_WEIGHTS / "autoencoder"
+    assert component_folder("teacher", "backbone") == DEFAULT_WEIGHTS / "teacher" / "backbone"
+    teacher = WorldModel.from_pretrained("teacher")
+    default = WorldModel.from_pretrained("default")
+    assert teacher.config == default.config and teacher.image_hw == default.image_hw
+    assert teacher.sample_steps >= default.sample_steps  # the default is the distilled student, if shipped
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()  # a folder named like a packaged model is that folder
+    assert packaged_model("teacher") is None
+    with pytest.raises(CheckpointError, match="teacher"):
+        WorldModel.from_pretrained("teacher")
+    with pytest.raises(CheckpointError, match="not a packaged model's name"):
+        WorldModel.from_pretrained("studnet")
 
 
 @pytest.mark.parametrize("folder", [None, ROOT / "checkpoints" / "world-model-32ch", ROOT / "checkpoints" / "teacher-v2-candidate",

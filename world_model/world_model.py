@@ -32,8 +32,8 @@ from world_model.generation import stream_latents
 from world_model.geometry import is_rigid
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig
 
-__all__ = ["DEFAULT_WEIGHTS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "has_native_bf16",
-           "load_backbone", "resolve_precision"]
+__all__ = ["DEFAULT_WEIGHTS", "PACKAGED_MODELS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "has_native_bf16",
+           "load_backbone", "packaged_model", "resolve_precision"]
 
 PRECISIONS = ("auto", "float32", "bfloat16", "nvfp4", "int8")
 """How :class:`WorldModel` computes: ``float32``, ``bfloat16`` autocast (matmuls and
@@ -89,12 +89,36 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.A
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The default checkpoint shipped inside the package."""
 
+PACKAGED_MODELS: dict[str, str] = {
+    "default": ".",
+    "teacher": "teacher",
+}
+"""The checkpoints shipped inside the package, by name: ``model="teacher"`` anywhere a
+checkpoint folder is accepted. Each is a sub-folder of :data:`DEFAULT_WEIGHTS` holding a
+``backbone/``; all share the default's ``autoencoder/`` (so the package carries it once).
+``default`` is what ``None`` loads (see ``docs/DESIGN.md`` for what each one is)."""
+
+
+def packaged_model(path: str | Path | None) -> str | None:
+    """The packaged model's name that ``path`` means, or ``None`` for a folder: ``None`` is
+    ``"default"``; a name of :data:`PACKAGED_MODELS` is that model unless a folder of that
+    name exists where it is given (a path always means the folder)."""
+    if path is None:
+        return "default"
+    if isinstance(path, str) and path in PACKAGED_MODELS and not Path(path).is_dir():
+        return path
+    return None
+
 
 def component_folder(path: str | Path | None, name: str) -> Path:
     """The ``name`` (``autoencoder`` / ``backbone``) folder of ``path``: ``path/name`` when
     ``path`` is a world-model folder, else ``path`` itself (a folder of that part alone, such
-    as a training stage's ``final/``); ``None``: the shipped checkpoint's."""
-    root = DEFAULT_WEIGHTS if path is None else Path(path)
+    as a training stage's ``final/``); ``None`` or a name of :data:`PACKAGED_MODELS`: that
+    shipped checkpoint's (the autoencoder is the default's for every one of them)."""
+    named = packaged_model(path)
+    if named is not None:
+        return DEFAULT_WEIGHTS / (PACKAGED_MODELS[named] if name == "backbone" else ".") / name
+    root = Path(path)
     return root / name if (root / name).is_dir() else root
 
 
@@ -233,16 +257,17 @@ class WorldModel(nn.Module):
     # --------------------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> "WorldModel":
-        """Load ``path`` (a folder with ``autoencoder/`` and ``backbone/``); default: the
-        checkpoint shipped in the package. Raises :class:`CheckpointError` naming the file."""
+        """Load ``path``: a folder with ``autoencoder/`` and ``backbone/``, or the name of a
+        checkpoint shipped in the package (:data:`PACKAGED_MODELS`: ``"default"``,
+        ``"teacher"``); ``None``: the default. Raises :class:`CheckpointError` naming the file."""
         from world_model.autoencoder import load_autoencoder
 
-        root = Path(path) if path is not None else DEFAULT_WEIGHTS
-        if not root.is_dir():
-            raise CheckpointError(f"{root}: no such world-model checkpoint folder (expected autoencoder/ and backbone/ inside)")
-        ae = load_autoencoder(root / "autoencoder")
-        meta = read_pretrained_config(root / "backbone")
-        backbone = load_backbone(root / "backbone")
+        if packaged_model(path) is None and not Path(path).is_dir():
+            raise CheckpointError(f"{path}: no such world-model checkpoint folder (expected autoencoder/ and backbone/ "
+                                  f"inside) and not a packaged model's name ({', '.join(PACKAGED_MODELS)})")
+        ae = load_autoencoder(component_folder(path, "autoencoder"))
+        meta = read_pretrained_config(component_folder(path, "backbone"))
+        backbone = load_backbone(path)
         sampling = meta.get("extra", {}).get("sampling", {})
         image_hw = meta.get("extra", {}).get("image_hw")
         return cls(ae, backbone, int(sampling.get("steps", 4)), float(sampling.get("shift", 3.0)),

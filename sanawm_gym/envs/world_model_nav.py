@@ -44,7 +44,7 @@ from sanawm_gym.tasks import (
 )
 from world_model import WorldModel
 from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
-from world_model.world_model import DEFAULT_WEIGHTS, PRECISIONS, resolve_precision
+from world_model.world_model import PRECISIONS, packaged_model, resolve_precision
 
 __all__ = ["NavConfig", "NavCore", "NavSnapshot", "WorldModelNavEnv", "WorldModelNavVectorEnv", "inference_threads",
            "load_world_model"]
@@ -55,11 +55,13 @@ _MODEL_CACHE: dict[str, Any] = {}
 
 
 def load_world_model(model=None) -> WorldModel:
-    """``model``: a ``WorldModel``, a checkpoint folder, or None for the one shipped in the
-    package (loaded once per process and shared by every env)."""
+    """``model``: a ``WorldModel``, a checkpoint folder, the name of a packaged checkpoint
+    (``"default"``, ``"teacher"``: :data:`~world_model.world_model.PACKAGED_MODELS`), or None
+    for the default (each loaded once per process and shared by every env)."""
     if isinstance(model, WorldModel):
         return model
-    key = str(model if model is not None else DEFAULT_WEIGHTS)
+    named = packaged_model(model)
+    key = f"packaged:{named}" if named is not None else str(Path(model).resolve())
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = WorldModel.from_pretrained(model)
     return _MODEL_CACHE[key]

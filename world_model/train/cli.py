@@ -11,6 +11,7 @@ from pathlib import Path
 from world_model.train.config import TrainConfig, add_dataclass_arguments, dataclass_from_args
 from world_model.train.loop import train
 from world_model.train.stages import STAGES, stage_class
+from world_model.world_model import packaged_model
 
 __all__ = ["main"]
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in PATH_FIELDS:
         if getattr(args, name, None):
             setattr(args, name, str(Path(getattr(args, name)).expanduser().resolve()))
-    if getattr(args, "init_from", None) not in (None, "", "shipped"):
+    if getattr(args, "init_from", None) not in (None, "", "shipped") and packaged_model(args.init_from) is None:
         args.init_from = str(Path(args.init_from).expanduser().resolve())
     try:
         cfg = dataclass_from_args(TrainConfig, args)

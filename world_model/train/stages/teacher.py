@@ -79,8 +79,8 @@ class TeacherStageConfig:
     65-frame windows). Each window is encoded on its own, so its first latent frame is a
     single frame, as a generated video's is."""
     init_from: str = ""
-    """Warm start: a world-model folder (with ``backbone/``), a backbone folder, or
-    ``shipped``; every backbone tensor whose name and shape match is copied, the rest (for
+    """Warm start: a world-model folder (with ``backbone/``), a backbone folder, ``shipped``
+    (the package's default) or another packaged model's name (``teacher``); every backbone tensor whose name and shape match is copied, the rest (for
     example the latent projections after a change of ``latent_channels``) start as
     initialised; refused when less than half of the weights fit. The optimizer starts
     fresh; empty: train from scratch."""
