@@ -20,10 +20,10 @@ def test_every_weights_folder_is_explicit_package_data():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     package_data = dict(cfg["options.package_data"])
-    folders = sorted(p.name for p in WEIGHTS.iterdir() if p.is_dir() and p.name != "__pycache__")
-    assert {"autoencoder", "backbone"} <= set(folders)
+    folders = sorted({f.parent.relative_to(WEIGHTS).as_posix() for f in WEIGHTS.rglob("*.safetensors")})
+    assert {"autoencoder", "backbone", "teacher/backbone"} <= set(folders)
     for name in folders:
-        key = f"world_model.weights.{name}"
+        key = "world_model.weights." + name.replace("/", ".")
         assert key in package_data, f"setup.cfg [options.package_data] needs `{key} = *.safetensors, *.json`"
         assert {p.strip() for p in package_data[key].split(",")} == {"*.safetensors", "*.json"}, key
 
@@ -72,9 +72,9 @@ def test_wheel_ships_the_weights_without_setuptools_warnings(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    for f in sorted(WEIGHTS.glob("*/*")):
+    for f in sorted(WEIGHTS.rglob("*")):
         if f.suffix in (".safetensors", ".json"):
-            assert f"world_model/weights/{f.parent.name}/{f.name}" in names
+            assert f"world_model/weights/{f.relative_to(WEIGHTS).as_posix()}" in names
     assert not any("__pycache__" in n or n.startswith(("tests/", "checkpoints/", "examples/")) for n in names)
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     for heavy in ("flash-linear-attention", "triton", "nvidia-modelopt"):
