@@ -209,9 +209,13 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
     return report
 
 
+def _steps(n: int, kind: str = "") -> str:
+    return f"{n} {kind}step{'s' * (n != 1)}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The suite's table: model and baselines per set and horizon (PSNR, SSIM, sharpness)."""
-    lines = [f"fidelity suite '{report['suite']}', {report['sample_steps']} sampler steps, backbone in "
+    lines = [f"fidelity suite '{report['suite']}', {_steps(report['sample_steps'], 'sampler ')}, backbone in "
              f"{report.get('precision', 'float32')}, a look-around context of "
              f"{report['context_seconds']:g} s before the still and revisit clips; PSNR in dB against the "
              "exact reference render; sharpness = generated / reference high-frequency energy",
@@ -246,8 +250,8 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]
     if set(a["sets"]) != set(b["sets"]):
         raise ValueError(f"the reports hold different sets: {sorted(a['sets'])} and {sorted(b['sets'])}")
     na, nb = names
-    lines = [f"{na}: {a.get('precision', 'float32')}, {a['sample_steps']} steps; {nb}: {b.get('precision', 'float32')}, "
-             f"{b['sample_steps']} steps; PSNR (dB), SSIM and sharpness of the model; {nb} - {na}",
+    lines = [f"{na}: {a.get('precision', 'float32')}, {_steps(a['sample_steps'])}; {nb}: {b.get('precision', 'float32')}, "
+             f"{_steps(b['sample_steps'])}; PSNR (dB), SSIM and sharpness of the model; {nb} - {na}",
              f"{'set':<9} {'at':>6} {'PSNR ' + na:>10} {'PSNR ' + nb:>10} {'diff':>7} {'clips +':>8} "
              f"{'SSIM ' + na:>10} {'SSIM ' + nb:>10} {'sharp ' + na:>10} {'sharp ' + nb:>10}"]
     for name, ea in a["sets"].items():

@@ -505,7 +505,8 @@ _ARGUMENTS = """
     ``reference_frames``, ``timing_info``, ``context_seconds``, ``precision`` (``"auto"``: bfloat16 only where the
     CPU or GPU has native bf16 matrix units, else float32), ``compile``, ``threads`` (torch
     threads, process-wide; default 1 below 16 envs); plus ``model`` (a ``WorldModel``, a
-    checkpoint folder, or None for the shipped one) and ``render_mode``. The env's
+    checkpoint folder, a packaged model's name such as ``"teacher"``, or None for the
+    package's default) and ``render_mode``. The env's
     resolved precision is ``env.unwrapped.core.precision``.
 
     ``info``: ``pose``, ``chunk_poses``, ``goal``, ``distance``, ``success``,
