@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps({**report, "clips": args.clips, "frames": frames,
                                                       "seed": args.seed, "seconds": seconds}, indent=1))
-    print(f"{args.clips} held-out clips of {frames} frames (seed {args.seed}), {args.steps or wm.sample_steps} sampler "
-          f"steps, generated in {seconds:.0f} s; PSNR (dB) against the exact reference render:")
+    steps = args.steps or wm.sample_steps
+    print(f"{args.clips} held-out clips of {frames} frames (seed {args.seed}), {steps} sampler step{'s' * (steps != 1)}, "
+          f"generated in {seconds:.0f} s; PSNR (dB) against the exact reference render:")
     print(f"{'horizon':>8} {'model':>7} {'camera off':>11} {'first frame':>12} {'vs best baseline':>17} "
           f"{'median clip':>12} {'clips ahead':>12}")
     for h in args.horizons:
