@@ -20,6 +20,8 @@ Each shard holds, for its ``n`` clips of ``F`` frames and ``S = ceil((F - 1) / K
     actions     float32 (n, S, 6)         normalised body actions, one per env step
     scene_seed  int64   (n,)              generate_scene(scene_seed) rebuilds the scene
     clip_index  int64   (n,)
+    depth       float16 (n, F, H, W)      only with ``--depth``: z-depth in metres, inf where a ray
+                                          meets nothing (the exact render's)
 
 Frame 0 is the start pose and frame ``1 + s K + k`` is frame ``k`` of step ``s``; when
 ``F - 1`` is not a multiple of ``K`` the last step is cut short. Every file is written to a
@@ -103,6 +105,9 @@ class DatasetConfig:
     world_version: int = WORLD_VERSION
     """Version of the reference world's generators and renderer: a resume refuses to mix
     clips written by different versions."""
+    depth: bool = False
+    """Also store each frame's exact z-depth (``depth``, float16 metres), what the depth
+    head of the autoencoder learns from (``python -m world_model.train --stage depth``)."""
 
     def __post_init__(self) -> None:
         if self.frames_per_clip < 1:
@@ -140,15 +145,18 @@ def _render_clip(cfg: DatasetConfig, index: int, K: np.ndarray) -> dict[str, np.
     rng = np.random.default_rng(trajectory_seed)
     traj = generate_trajectory(scene, cfg.steps_per_clip, rng, cfg.trajectory, cfg.motion)
     c2w = traj.c2w[: cfg.frames_per_clip]  # (F, 4, 4)
-    frames = render(scene, c2w, K, cfg.height, cfg.width).rgb  # (F, H, W, 3), all frames in one call
-    return {
-        "frames": frames,
+    out = render(scene, c2w, K, cfg.height, cfg.width)  # (F, H, W, 3), all frames in one call
+    arrays = {
+        "frames": np.asarray(out.rgb),
         "c2w": c2w.astype(np.float32),
         "intrinsics": np.broadcast_to(K.astype(np.float32), (cfg.frames_per_clip, 3, 3)),
         "actions": traj.actions,
         "scene_seed": np.int64(scene_seed),
         "clip_index": np.int64(index),
     }
+    if cfg.depth:
+        arrays["depth"] = np.asarray(out.depth, dtype=np.float32).astype(np.float16)  # metres; inf stays inf
+    return arrays
 
 
 # ------------------------------------------------------------------------------ manifest
@@ -214,6 +222,7 @@ def write_dataset(
     scene_config: SceneConfig | None = None,
     trajectory_config: TrajectoryConfig | None = None,
     progress: bool = True,
+    depth: bool = False,
 ) -> Path:
     """Write (or resume, or extend) a posed-video dataset of ``num_clips`` clips into
     ``out_dir`` and return its path. See the module docstring for the layout.
@@ -222,7 +231,7 @@ def write_dataset(
     for a folder holding a dataset with another config (the message lists the fields).
     """
     cfg = DatasetConfig(frames_per_clip, height, width, seed, clips_per_shard, float(fov_deg),
-                        scene_config or SceneConfig(), trajectory_config or TrajectoryConfig())
+                        scene_config or SceneConfig(), trajectory_config or TrajectoryConfig(), depth=depth)
     _write(Path(out_dir), cfg, num_clips, progress)
     return Path(out_dir)
 
@@ -315,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "out_and_back=0.2")
     parser.add_argument("--out-steps", type=int, nargs=2, metavar=("LO", "HI"),
                         help="steps of an out-and-back's outward leg (default: TrajectoryConfig's)")
+    parser.add_argument("--depth", action="store_true",
+                        help="also store each frame's exact z-depth (float16 metres; for the depth head)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -322,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         cfg = DatasetConfig(args.frames, args.height, args.width, args.seed, args.clips_per_shard, args.fov,
-                            trajectory=_trajectory_config(args.mix, args.out_steps))
+                            trajectory=_trajectory_config(args.mix, args.out_steps), depth=args.depth)
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             written = _write(Path(args.out), cfg, args.clips, progress=not args.no_progress)
     except ValueError as exc:

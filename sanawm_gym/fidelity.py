@@ -4,6 +4,7 @@
     sanawm-gym fidelity --suite long --model runs/teacher/final
     sanawm-gym fidelity --model runs/teacher/final --data /tmp/heldout60 --clips 4 --seconds 60
     sanawm-gym fidelity --autoencoder --data /tmp/dsval --clips 32 --seconds 2 --seed 1000
+    sanawm-gym fidelity --collisions --clips 16 --seconds 10 --seed 500 --collision-points 2 4 8 16
 
 Without ``--data`` it runs the fidelity suite (:mod:`sanawm_gym.fidelity_suite`: motion,
 still camera and revisit sets, PSNR / SSIM / sharpness beside two baselines). With
@@ -16,6 +17,9 @@ first frame repeated. Saves ``psnr-horizon.png``, ``rollout.png`` (reference row
 generated rows) and ``report.json`` into ``--out``. ``--autoencoder``: the checkpoint's
 autoencoder alone (``--model`` may also be an autoencoder folder, such as an autoencoder
 run's ``final/``), reconstruction PSNR / SSIM of the same clips (``recon.png``).
+``--collisions``: only the collision episodes (:mod:`sanawm_gym.collision_eval`), ``--clips``
+episodes of ``--seconds`` from seed ``--seed``, recall and precision for each
+``--collision-points`` threshold (the suite runs them at the env's default).
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="print two suite reports (report.json) side by side, B - A per set and horizon, and exit")
     p.add_argument("--autoencoder", action="store_true",
                    help="evaluate the autoencoder alone: reconstruction PSNR / SSIM of the clips")
+    p.add_argument("--collisions", action="store_true",
+                   help="only the collision episodes: predicted vs exact collisions (--clips, --seconds, --seed)")
+    p.add_argument("--collision-points", type=int, nargs="+", default=None, metavar="M",
+                   help="with --collisions: thresholds to score (depth points within the camera radius; default: "
+                        "the env's)")
     args = p.parse_args(argv)
     if args.compare:
         try:
@@ -99,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.autoencoder:
         return _evaluate_autoencoder(args, frames)
     wm = WorldModel.from_pretrained(args.model)
+    if args.collisions:
+        return _evaluate_collisions(args, wm)
     if args.data is None:
         t0 = time.perf_counter()
         report = run_suite(wm, args.suite, args.data_root, args.out, args.steps, context_seconds=args.context_seconds,
@@ -147,6 +158,29 @@ def clip_margins(report: dict, horizon_s: float) -> np.ndarray:
     model, camera_off, first = (np.asarray(report[f"clips_{n}_{horizon_s:g}s"]) for n in
                                 ("model", "no_camera", "first_frame"))
     return model - np.maximum(camera_off, first)
+
+
+def _evaluate_collisions(args: argparse.Namespace, wm: WorldModel) -> int:
+    from sanawm_gym.collision_eval import evaluate_collisions, format_collisions
+    from sanawm_gym.envs.world_model_nav import NavConfig
+
+    points = tuple(args.collision_points or (NavConfig.collision_points,))
+    if min(points) < 1:
+        raise SystemExit(f"error: argument --collision-points: each must be an integer >= 1, got {list(points)}")
+    steps = max(1, int(round(args.seconds * FPS / 4)))
+    t0 = time.perf_counter()
+    try:
+        report = evaluate_collisions(wm, args.clips, steps, args.seed, points, args.precision)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    report["seconds_taken"] = time.perf_counter() - t0
+    print(format_collisions(report))
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(args.out / "report.json")
+    print(f"{report['seconds_taken']:.0f} s; report in {args.out / 'report.json'}")
+    return 0
 
 
 def _evaluate_autoencoder(args: argparse.Namespace, frames: int) -> int:

@@ -13,6 +13,10 @@ seeds no training set uses (training sets: seeds below 1000, the shipped model s
   the reference and against the model's own first visit of P1; the "wrong view" line is the
   reference of the turned-away pose scored against the returned one, what showing another
   view would score.
+- **collisions** (a model with a depth head): 16 driving episodes of 10 s (seed 5000),
+  forward into walls and objects or smooth random: recall and precision of the collisions
+  the env predicts from the generated depth against the reference world's exact ones, and
+  the generated depth's error by horizon (:mod:`sanawm_gym.collision_eval`).
 
 The motion sets are written with the reference world's dataset writer, one clip per shard,
 so an interrupted run keeps every finished clip and resumes; still and revisit clips are
@@ -47,6 +51,8 @@ from world_model.world_model import autocast, resolve_precision
 
 __all__ = ["SUITES", "HeldoutSet", "format_report", "look_around", "revisit_clip", "run_suite", "still_clip"]
 
+COLLISION_EPISODES, COLLISION_STEPS, COLLISION_SEED = 16, 40, 5000
+"""The suite's collision episodes: how many, env steps each (10 s), their seed."""
 REVISIT_FRAMES = (16, 48, 80)
 """Raw frames of a revisit clip: first arrival at P1, turned away, back at P1."""
 
@@ -202,6 +208,17 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
         entry["curves"] = {k: v for k, v in scored.items() if k.startswith("curve_")}
         report["sets"][spec.name] = entry
         log(f"{spec.name}: {spec.clips} clips of {spec.frames} frames scored in {entry['seconds_taken']:.0f} s")
+    if wm.has_depth:
+        from sanawm_gym.collision_eval import evaluate_collisions
+        from sanawm_gym.envs.world_model_nav import NavConfig
+
+        t0 = time.perf_counter()
+        points = NavConfig.collision_points
+        report["collisions"] = {**evaluate_collisions(wm, COLLISION_EPISODES, COLLISION_STEPS, COLLISION_SEED, (points,),
+                                                      precision, noise_seed=seed),
+                                "min_points": points, "seconds_taken": time.perf_counter() - t0}
+        log(f"collisions: {COLLISION_EPISODES} episodes of {COLLISION_STEPS} steps in "
+            f"{report['collisions']['seconds_taken']:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
@@ -235,6 +252,10 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{r['return_vs_reference_no_camera']:>8.2f} {r['return_vs_reference_first_frame']:>9.2f}   "
                          f"(vs its first visit {r['return_vs_first_visit_model']:.2f}; a wrong view scores "
                          f"{r['wrong_view']:.2f})")
+    if "collisions" in report:
+        from sanawm_gym.collision_eval import format_collisions
+
+        lines.append(format_collisions(report["collisions"]))
     lines.append("AE: the autoencoder's reconstruction of the reference, the ceiling through this autoencoder. "
                  "sharp: the model's sharpness ratio; cam off: the camera-off baseline's. clips ahead: clips on which "
                  "the model beats both baselines. still: the reference is the first frame itself (the first-frame "

@@ -3,7 +3,8 @@
 
 A pretrained folder holds two ``save_pretrained`` folders, ``autoencoder/`` and
 ``backbone/`` (safetensors weights + JSON config each; the backbone's records the sampling
-steps and shift). ``WorldModel.from_pretrained()`` with no argument loads the default
+steps and shift), and optionally a third, ``depth/``, the autoencoder's depth head
+(:mod:`world_model.autoencoder.depth`), which gives every generated chunk its depth. ``WorldModel.from_pretrained()`` with no argument loads the default
 checkpoint shipped inside the package (``world_model/weights``).
 
 The simulator state :class:`WorldState` is an explicit dataclass of tensors: the
@@ -33,6 +34,7 @@ from world_model.geometry import is_rigid
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig
 
 __all__ = ["DEFAULT_WEIGHTS", "PACKAGED_MODELS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "has_native_bf16",
+           "load_depth_head",
            "load_backbone", "packaged_model", "resolve_precision"]
 
 PRECISIONS = ("auto", "float32", "bfloat16", "nvfp4", "int8")
@@ -111,15 +113,31 @@ def packaged_model(path: str | Path | None) -> str | None:
 
 
 def component_folder(path: str | Path | None, name: str) -> Path:
-    """The ``name`` (``autoencoder`` / ``backbone``) folder of ``path``: ``path/name`` when
+    """The ``name`` (``autoencoder`` / ``backbone`` / ``depth``) folder of ``path``: ``path/name`` when
     ``path`` is a world-model folder, else ``path`` itself (a folder of that part alone, such
     as a training stage's ``final/``); ``None`` or a name of :data:`PACKAGED_MODELS`: that
-    shipped checkpoint's (the autoencoder is the default's for every one of them)."""
+    shipped checkpoint's (the autoencoder and the depth head are the default's for every one
+    of them)."""
     named = packaged_model(path)
     if named is not None:
         return DEFAULT_WEIGHTS / (PACKAGED_MODELS[named] if name == "backbone" else ".") / name
     root = Path(path)
     return root / name if (root / name).is_dir() else root
+
+
+def load_depth_head(path: str | Path | None = None):
+    """The depth head of ``path`` (a world-model folder with ``depth/``, a depth head's own
+    folder, or a packaged model's name), float32, eval mode; ``None`` when a world-model
+    folder has no ``depth/``."""
+    from world_model.autoencoder.depth import DepthHead, DepthHeadConfig
+
+    folder = component_folder(path, "depth")
+    if not (folder / "config.json").is_file():
+        return None
+    meta = read_pretrained_config(folder)
+    if "frames_per_latent" not in meta.get("config", {}) or "up_widths" not in meta.get("config", {}):
+        return None  # the folder of another part (a backbone or autoencoder given alone)
+    return load_pretrained(folder, lambda c: DepthHead(DepthHeadConfig.from_json(c)))
 
 
 def load_backbone(path: str | Path | None = None) -> WorldModelBackbone:
@@ -226,10 +244,11 @@ class WorldModel(nn.Module):
     """Autoencoder + backbone + few-step sampler, streaming one chunk at a time."""
 
     def __init__(self, autoencoder: Autoencoder, backbone: WorldModelBackbone, sample_steps: int = 4,
-                 sample_shift: float = 3.0, image_hw: tuple[int, int] | None = None):
+                 sample_shift: float = 3.0, image_hw: tuple[int, int] | None = None, depth_head: nn.Module | None = None):
         super().__init__()
         self.autoencoder = autoencoder.eval()
         self.backbone = backbone.eval()
+        self.depth_head = depth_head.eval() if depth_head is not None else None
         self.sample_steps = sample_steps
         self.sample_shift = sample_shift
         cfg = backbone.cfg
@@ -254,6 +273,19 @@ class WorldModel(nn.Module):
     def config(self) -> WorldModelConfig:
         return self.backbone.cfg
 
+    @property
+    def has_depth(self) -> bool:
+        """Whether the model has a depth head (then ``step(..., depth=True)`` works)."""
+        return self.depth_head is not None
+
+    def _depth(self, latents: torch.Tensor) -> np.ndarray:
+        """``(B, T, C, h, w)`` latents -> float32 depth in metres ``(B, T, K, H, W)``."""
+        if self.depth_head is None:
+            raise ValueError("this world model has no depth head (no depth/ folder in its checkpoint); the packaged "
+                             "models have one")
+        with torch.autocast(latents.device.type, enabled=False):
+            return self.depth_head(latents.float()).cpu().numpy()
+
     # --------------------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> "WorldModel":
@@ -271,14 +303,17 @@ class WorldModel(nn.Module):
         sampling = meta.get("extra", {}).get("sampling", {})
         image_hw = meta.get("extra", {}).get("image_hw")
         return cls(ae, backbone, int(sampling.get("steps", 4)), float(sampling.get("shift", 3.0)),
-                   tuple(image_hw) if image_hw else None)
+                   tuple(image_hw) if image_hw else None, load_depth_head(path))
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, extra: dict | None = None) -> Path:
-        """Write ``autoencoder/`` and ``backbone/`` into ``path`` (atomically, each).
-        ``dtype`` (e.g. ``torch.float16``) stores the weights smaller; loading converts back
-        to float32. ``extra`` is recorded in the backbone's ``config.json``."""
+        """Write ``autoencoder/`` and ``backbone/`` (and ``depth/`` when the model has a depth
+        head) into ``path`` (atomically, each). ``dtype`` (e.g. ``torch.float16``) stores the
+        weights smaller; loading converts back to float32. ``extra`` is recorded in the
+        backbone's ``config.json``."""
         root = Path(path)
         save_pretrained(root / "autoencoder", self.autoencoder, self.autoencoder.config, dtype=dtype)
+        if self.depth_head is not None:
+            save_pretrained(root / "depth", self.depth_head, self.depth_head.config, dtype=dtype)
         save_pretrained(root / "backbone", self.backbone, self.backbone.cfg, dtype=dtype,
                         extra={**(extra or {}), "sampling": {"steps": self.sample_steps, "shift": self.sample_shift},
                                "image_hw": list(self.image_hw)})
@@ -312,7 +347,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def init_state(self, first_frames: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray,
-                   precision: str = "auto") -> tuple[np.ndarray, WorldState]:
+                   precision: str = "auto", depth: bool = False) -> tuple[np.ndarray, WorldState]:
         """Encode ``first_frames`` uint8 ``(B, H, W, 3)`` taken at ``c2w (B, 4, 4)`` with
         ``intrinsics (B, 3, 3)`` into a fresh state; or a **context clip** ``(B, 1 + K n, H,
         W, 3)`` taken at ``c2w (B, 1 + K n, 4, 4)`` (for example a look around the room):
@@ -321,7 +356,9 @@ class WorldModel(nn.Module):
         size either way. Returns the decoded frames (what the model "sees": ``(B, H, W, 3)``,
         or ``(B, 1 + K n, H, W, 3)`` for clips) and the state; poses are taken relative to
         the first frame. ``precision``: one of :data:`PRECISIONS` (use the same for every
-        call on one state)."""
+        call on one state). ``depth=True`` (a model with a depth head): also the depth head's
+        float32 depth in metres of the frames, shaped like them without the colour axis,
+        returned third."""
         clip = np.asarray(first_frames).ndim == 5
         video = self._check_frames(first_frames)  # (B, F, 3, H, W)
         B, F = video.shape[:2]
@@ -334,7 +371,12 @@ class WorldModel(nn.Module):
             _, stream = next(stream_latents(self.backbone_for(precision), latents, camera, latents.shape[1], None))
             decoded, cache = self.autoencoder.decode_step(latents, None)
         frames = _to_video(decoded)  # (B, F, H, W, 3)
-        return (frames if clip else frames[:, 0]), WorldState(stream, cache, ref, K)
+        state = WorldState(stream, cache, ref, K)
+        if not depth:
+            return (frames if clip else frames[:, 0]), state
+        d = self._depth(latents)  # (B, 1 + n, K, H, W): latent 0's maps are all frame 0's
+        d = np.concatenate([d[:, :1, -1], d[:, 1:].reshape(B, -1, *d.shape[-2:])], 1)  # (B, F, H, W)
+        return (frames if clip else frames[:, 0]), state, (d if clip else d[:, 0])
 
     @property
     def _device(self) -> torch.device:
@@ -342,11 +384,13 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def reset_rows(self, state: WorldState | None, index: torch.Tensor, first_frames: np.ndarray, c2w: np.ndarray,
-                   intrinsics: np.ndarray, precision: str = "auto") -> tuple[np.ndarray, WorldState]:
+                   intrinsics: np.ndarray, precision: str = "auto", depth: bool = False) -> tuple[np.ndarray, WorldState]:
         """Start rows ``index (k,)`` of a batched state afresh from ``first_frames (k, H, W, 3)``
-        (``state=None``: a new state of k rows). Returns the decoded first frames and the state."""
-        decoded, rows = self.init_state(first_frames, c2w, intrinsics, precision)
-        return decoded, rows if state is None else state.with_rows(index, rows)
+        (``state=None``: a new state of k rows). Returns the decoded first frames and the state
+        (and with ``depth=True`` their predicted depth, as :meth:`init_state`)."""
+        out = self.init_state(first_frames, c2w, intrinsics, precision, depth=depth)
+        rows = out[1]
+        return (out[0], rows if state is None else state.with_rows(index, rows)) + tuple(out[2:])
 
     def noise_shape(self, batch: int) -> tuple[int, ...]:
         """Shape of the noise of one chunk: ``(B, 1, C, h, w)``."""
@@ -356,7 +400,7 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def step(self, state: WorldState, c2w_chunk: np.ndarray, generator: torch.Generator | None = None,
              steps: int | None = None, noise: torch.Tensor | None = None,
-             precision: str = "auto", compile: bool = False) -> tuple[np.ndarray, WorldState]:
+             precision: str = "auto", compile: bool = False, depth: bool = False) -> tuple[np.ndarray, WorldState]:
         """Generate the next latent frame for the K raw-frame poses ``c2w_chunk (B, K, 4, 4)``
         (rigid, finite) and decode it: uint8 frames ``(B, K, H, W, 3)`` and the new state (the
         input state is not modified): one turn of :func:`world_model.generation.stream_latents`.
@@ -366,7 +410,9 @@ class WorldModel(nn.Module):
         ``compile=True``: the backbone passes and the decoding run through ``torch.compile``
         (built on the first call for each batch size and precision, tens of seconds; then
         about 1.5-2x faster on CPU); frames equal the eager ones up to float rounding, and
-        are deterministic. Bad input raises ``ValueError`` naming the argument."""
+        are deterministic. ``depth=True`` (a model with a depth head): also the chunk's depth,
+        float32 metres ``(B, K, H, W)``, decoded by the depth head from the same latent,
+        returned third. Bad input raises ``ValueError`` naming the argument."""
         cfg = self.config
         B = state.batch_size
         c2w = torch.as_tensor(check_c2w(c2w_chunk, "c2w_chunk", (B, cfg.frames_per_latent, 4, 4)))
@@ -379,7 +425,10 @@ class WorldModel(nn.Module):
             cam = self._camera(c2w, state.reference, state.intrinsics, starts_video=False)
             latent, stream = sample_chunk(self.backbone_for(precision), noise, cam, state.stream, times, compiled=compile)
             frames, cache = self.autoencoder.decode_step(latent, state.decode, compiled=compile)
-        return _to_video(frames), dataclasses.replace(state, stream=stream, decode=cache)
+        new = dataclasses.replace(state, stream=stream, decode=cache)
+        if not depth:
+            return _to_video(frames), new
+        return _to_video(frames), new, self._depth(latent)[:, 0]
 
     @torch.no_grad()
     def generate_video(self, first_frame: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, steps: int | None = None,

@@ -55,6 +55,9 @@ class NavSnapshot:
     torch_generator_state: torch.Tensor
     frames: np.ndarray
     """``(K, H, W, 3)`` uint8: the last chunk of frames (what the observation shows)."""
+    depth: np.ndarray | None = None
+    """``(K, H, W)`` float32: the last chunk's depth (metres), where the env uses depth (the
+    ``depth`` observation, predicted collisions); else None."""
 
     kind = "nav"
 
@@ -62,6 +65,7 @@ class NavSnapshot:
     def nbytes(self) -> int:
         """Bytes of the snapshot's arrays and tensors (independent of the episode's length)."""
         arrays = [self.pose, self.chunk_poses, self.goal, self.bounds, self.frames, self.torch_generator_state.numpy()]
+        arrays += [self.depth] if self.depth is not None else []
         return self.world.nbytes + sum(a.nbytes for a in arrays)
 
     def _parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -69,6 +73,8 @@ class NavSnapshot:
         tensors.update(pose=torch.from_numpy(self.pose), chunk_poses=torch.from_numpy(self.chunk_poses),
                        goal=torch.from_numpy(self.goal), bounds=torch.from_numpy(self.bounds),
                        frames=torch.from_numpy(self.frames), torch_generator_state=self.torch_generator_state)
+        if self.depth is not None:
+            tensors["depth"] = torch.from_numpy(np.ascontiguousarray(self.depth))
         data = {"decode_frames": self.world.decode.latent_frames, "distance": self.distance,
                 "path_length": self.path_length, "geodesic_distance": _json_float(self.geodesic_distance),
                 "steps": self.steps, "scene_seed": self.scene_seed, "np_random_state": self.np_random_state}
@@ -81,7 +87,8 @@ class NavSnapshot:
         return cls(world, tensors["pose"].numpy(), tensors["chunk_poses"].numpy(), tensors["goal"].numpy(),
                    tensors["bounds"].numpy(), float(data["distance"]), float(data["path_length"]),
                    float(data["geodesic_distance"]), int(data["steps"]), data["scene_seed"], data["np_random_state"],
-                   tensors["torch_generator_state"], tensors["frames"].numpy())
+                   tensors["torch_generator_state"], tensors["frames"].numpy(),
+                   tensors["depth"].numpy() if "depth" in tensors else None)
 
 
 @dataclass

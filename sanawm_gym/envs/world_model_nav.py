@@ -26,10 +26,11 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 
+from sanawm_gym.depth_collision import depth_points, points_sweep
 from sanawm_gym.envs.actions import ACTION_MODES, make_action_space, to_body_action
 from sanawm_gym.envs.checks import check_image, check_options, check_pose
 from sanawm_gym.envs.snapshots import NavSnapshot, read_snapshot, write_snapshot
-from sanawm_gym.kinematics import MotionConfig, action_to_twist, look_around
+from sanawm_gym.kinematics import MotionConfig, action_to_twist, look_around, move_chunk
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
 from sanawm_gym.tasks import (
     GOAL_OBS_HIGH,
@@ -116,6 +117,19 @@ class NavConfig:
     """A seeded reset first shows the model a look around of this length, rendered by the
     reference world and ending at the start pose (:func:`~sanawm_gym.kinematics.look_around`;
     4 s: a full turn), committed into the state as clean context; 0: the first frame alone."""
+    depth: bool = False
+    """Add the ``depth`` observation: float32 z-depth in metres, ``(H, W)`` (``(K, H, W)`` in
+    chunk mode), of each generated chunk as the model's depth head predicts it (the exact
+    render's after a seeded reset, as for ``rgb``); sky is the head's ``max_depth``."""
+    collisions: bool | None = None
+    """Predict collisions from the generated depth (:mod:`sanawm_gym.depth_collision`): the
+    reference world's camera-sphere rule against the points the last chunk's depth shows;
+    translation stops, ``info["collided"]`` is set and the collision penalty applies.
+    ``None``: on when the model has a depth head (the packaged ones do); ``True``: required."""
+    collision_points: int = 8
+    """Depth pixels (sampled every second pixel of the last chunk's K maps) that must come
+    within the camera radius of a frame's path for a predicted collision (calibrated on
+    training seeds: docs/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         if self.action_mode not in ACTION_MODES:
@@ -127,7 +141,12 @@ class NavConfig:
         for name, kind in (("scene_config", SceneConfig), ("motion", MotionConfig), ("task", PointGoalConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-        for name in ("reference_frames", "timing_info", "compile"):
+        if self.collisions is not None and not isinstance(self.collisions, bool):
+            raise ValueError(f"collisions must be None, True or False, got {self.collisions!r}")
+        if isinstance(self.collision_points, bool) or not isinstance(self.collision_points, numbers.Integral) or \
+                self.collision_points < 1:
+            raise ValueError(f"collision_points must be an integer >= 1, got {self.collision_points!r}")
+        for name in ("reference_frames", "timing_info", "compile", "depth"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.context_seconds, bool) or not isinstance(self.context_seconds, numbers.Real) or \
@@ -184,10 +203,20 @@ class NavCore:
         self.action_space = make_action_space(cfg.action_mode)
         frame = (self.height, self.width, 3)
         rgb_shape = frame if cfg.obs_mode == "frame" else (self.motion.frames_per_step, *frame)
-        self.observation_space = spaces.Dict({
+        has_depth = self.model.has_depth
+        if (cfg.depth or cfg.collisions) and not has_depth:
+            raise ValueError("depth=True and collisions=True need a world model with a depth head (a depth/ folder in "
+                             "its checkpoint; the packaged models have one)")
+        self.depth_obs = cfg.depth
+        self.collisions = has_depth if cfg.collisions is None else cfg.collisions
+        self.max_depth = float(self.model.depth_head.config.max_depth) if has_depth else np.inf
+        spaces_ = {
             "rgb": spaces.Box(0, 255, rgb_shape, np.uint8),
             "goal": spaces.Box(GOAL_OBS_LOW, GOAL_OBS_HIGH, dtype=np.float32),
-        })
+        }
+        if cfg.depth:
+            spaces_["depth"] = spaces.Box(0.0, self.max_depth, rgb_shape[:-1], np.float32)
+        self.observation_space = spaces.Dict(spaces_)
         N, K = self.num_envs, self.motion.frames_per_step
         self.pose = np.tile(np.eye(4), (N, 1, 1))
         self.chunk_poses = np.tile(np.eye(4), (N, K, 1, 1))
@@ -202,6 +231,10 @@ class NavCore:
         self.rngs: list[np.random.Generator | None] = [None] * N
         self.torch_gens = [torch.Generator() for _ in range(N)]
         self.frames = np.zeros((N, K, *frame), np.uint8)
+        self.needs_depth = cfg.depth or self.collisions
+        self.depth = np.full((N, K, self.height, self.width), self.max_depth if has_depth else 0.0, np.float32)
+        """``(N, K, H, W)`` the last chunk's depth (metres), when the env uses depth."""
+        self.collided = np.zeros(N, bool)
         self.state = None
 
     # ---------------------------------------------------------------------------- reset
@@ -210,12 +243,14 @@ class NavCore:
         first the scene and the start / goal pair, in the order ``SanaWM/ReferenceNav-v0``
         draws them (so both worlds reset with one seed give the same episode), then the
         seed of the row's model noise."""
-        clips, clip_poses = [], []
+        clips, clip_poses, exact = [], [], []
         K = self.motion.frames_per_step
         for r, rng, opts in zip(rows, rngs, options):
             opts = check_options(opts, RESET_OPTIONS)
             self.rngs[r] = rng
-            clip, c2w, goal, bounds = self._start(r, rng, opts)  # (1 + K n, H, W, 3), (1 + K n, 4, 4)
+            clip, c2w, goal, bounds, depth = self._start(r, rng, opts)  # (1 + K n, H, W, 3), (1 + K n, 4, 4)
+            exact.append(depth)
+            self.collided[r] = False
             self.torch_gens[r].manual_seed(int(rng.integers(2**63 - 1)))
             pose = c2w[-1]
             self.pose[r], self.goal[r], self.bounds[r] = pose, goal, bounds
@@ -229,23 +264,40 @@ class NavCore:
         if self.state is None and len(rows) != self.num_envs:
             raise RuntimeError("the first reset must reset every row")
         Ks = np.repeat(self.intrinsics[None], len(rows), 0)
+        # Depth at reset: the exact render's for a seeded scene (as the rgb is), else the depth head's.
+        predict = self.needs_depth and any(d is None for d in exact)
         if all(len(c) == 1 for c in clips):  # one batched encode of the first frames
-            _, self.state = self.model.reset_rows(self.state, torch.as_tensor(rows, dtype=torch.long),
-                                                  np.stack([c[0] for c in clips]), np.stack([c[0] for c in clip_poses]),
-                                                  Ks, self.precision)
+            out = self.model.reset_rows(self.state, torch.as_tensor(rows, dtype=torch.long),
+                                        np.stack([c[0] for c in clips]), np.stack([c[0] for c in clip_poses]),
+                                        Ks, self.precision, depth=predict)
+            self.state = out[1]
+            for i, r in enumerate(rows):
+                self._set_reset_depth(r, exact[i], out[2][i : i + 1] if predict else None)
             return
         for i, (r, clip, c2w) in enumerate(zip(rows, clips, clip_poses)):  # context clips, of any lengths
             frames = clip[None] if len(clip) > 1 else clip
             poses = c2w[None] if len(clip) > 1 else c2w
-            _, row_state = self.model.init_state(frames, poses, Ks[i : i + 1], self.precision)
+            out = self.model.init_state(frames, poses, Ks[i : i + 1], self.precision, depth=predict)
+            row_state = out[1]
             if self.state is None:  # the first reset: every row starts as a copy, then gets its own
                 self.state = row_state.select([0] * self.num_envs)
             else:
                 self.state = self.state.with_rows([r], row_state)
+            self._set_reset_depth(r, exact[i], out[2][0] if predict else None)
 
+    def _set_reset_depth(self, r: int, exact: np.ndarray | None, predicted: np.ndarray | None) -> None:
+        """Row ``r``'s depth after a reset: the last K frames of ``exact`` (the render's) or of
+        ``predicted`` (the head's), the first frame repeated when there are fewer."""
+        if not self.needs_depth:
+            return
+        d = exact if exact is not None else predicted
+        K = self.motion.frames_per_step
+        d = d[-K:] if len(d) >= K else np.repeat(d[-1:], K, 0)
+        self.depth[r] = np.minimum(np.nan_to_num(d, posinf=self.max_depth), self.max_depth)
     def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, ...]:
-        """``(clip (1 + K n, H, W, 3), its poses (1 + K n, 4, 4), goal, bounds)`` of a new
-        episode; the clip's last frame and pose are the start."""
+        """``(clip (1 + K n, H, W, 3), its poses (1 + K n, 4, 4), goal, bounds, depth)`` of a
+        new episode (``depth``: the render's ``(1 + K n, H, W)`` for a seeded scene, else
+        None); the clip's last frame and pose are the start."""
         radius = self.motion.camera_radius
         if "image" in opts or "context" in opts:
             if "image" in opts and "context" in opts:
@@ -266,7 +318,7 @@ class NavCore:
             goal = check_goal_placement(goal, pose[:3, 3], None, self.task, radius)
             bounds = _check_bounds(opts.get("bounds"), pose[:3, 3])
             self.scenes[r], self.scene_seed[r], self.geodesic[r] = None, None, np.nan
-            return clip, c2w, goal, bounds
+            return clip, c2w, goal, bounds, None
         if "bounds" in opts:
             raise ValueError("reset option 'bounds' goes with 'image' or 'context' (a seeded scene's bounds are its arena)")
         seed = opts.get("scene_seed")
@@ -286,8 +338,8 @@ class NavCore:
         if "goal" in opts:
             goal, self.geodesic[r] = check_goal_placement(opts["goal"], pose[:3, 3], scene, self.task, radius), np.nan
         c2w = look_around(pose, self.config.context_seconds, self.motion.fps, self.motion.frames_per_step)
-        clip = np.asarray(render(scene, c2w, self.intrinsics, self.height, self.width).rgb)
-        return clip, c2w, goal, arena_bounds(scene, radius)
+        out = render(scene, c2w, self.intrinsics, self.height, self.width)
+        return np.asarray(out.rgb), c2w, goal, arena_bounds(scene, radius), np.asarray(out.depth)
 
     def _check_context(self, context) -> tuple[np.ndarray, np.ndarray]:
         """Reset option ``context``: ``{"frames": uint8 (1 + K n, H, W, 3), "c2w": (1 + K n, 4, 4)}``."""
@@ -320,11 +372,20 @@ class NavCore:
                 body[r], clipped[r] = to_body_action(actions[r], self.action_mode)
         twist = action_to_twist(body, self.motion)
         chunk = integrate_twist(self.pose, twist, self.motion.dt, self.motion.frames_per_step)  # (N, K, 4, 4)
+        collided = np.zeros(N, bool)
+        if self.collisions:  # the reference world's rule, against what the last chunk's depth shows
+            for r in np.flatnonzero(active & (np.abs(body[:, :3]).sum(1) > 0)):
+                points = depth_points(self.depth[r], self.chunk_poses[r], self.intrinsics, 2, self.max_depth)
+                motion = move_chunk(self.pose[r], twist[r], self.motion, points_sweep(points, self.config.collision_points))
+                chunk[r], collided[r] = motion.poses, motion.collided
         noise = torch.cat([torch.randn(self.model.noise_shape(1), generator=g) if a else torch.zeros(self.model.noise_shape(1))
                            for g, a in zip(self.torch_gens, active)])
         t0 = time.perf_counter()
-        frames, self.state = self.model.step(self.state, chunk, noise=noise, precision=self.precision,
-                                             compile=self.compile)
+        out = self.model.step(self.state, chunk, noise=noise, precision=self.precision, compile=self.compile,
+                              depth=self.needs_depth)
+        frames, self.state = out[0], out[1]
+        if self.needs_depth:
+            self.depth = out[2]
         seconds = time.perf_counter() - t0
         self.last_generation_time_s = seconds
         prev = self.distance.copy()
@@ -336,18 +397,22 @@ class NavCore:
         with np.errstate(invalid="ignore"):  # NaN bounds (none set) compare False
             outside = ((centres < self.bounds[:, None, 0]) | (centres > self.bounds[:, None, 1])).any((1, 2))
         reward, success = np.zeros(N), np.zeros(N, bool)
+        self.collided = collided
         for r in range(N):
-            out = score_step(self.task, prev[r], self.pose[r, :3, 3], self.goal[r], collided=False)
+            out = score_step(self.task, prev[r], self.pose[r, :3, 3], self.goal[r], collided=bool(collided[r]))
             reward[r], self.distance[r], success[r] = out.reward, out.distance, out.success
         outside &= ~success  # the reference world's camera would have stopped at the bound, at the goal
         reward -= self.task.collision_penalty * outside
         return {"reward": reward, "success": success, "out_of_bounds": outside & active, "clipped": clipped,
-                "seconds": np.full(N, seconds / N)}
+                "collided": collided, "seconds": np.full(N, seconds / N)}
 
     # -------------------------------------------------------------------------- outputs
     def observation(self, r: int) -> dict[str, np.ndarray]:
         rgb = self.frames[r, -1] if self.obs_mode == "frame" else self.frames[r]
-        return {"rgb": rgb.copy(), "goal": goal_observation(self.pose[r], self.goal[r])}
+        obs = {"rgb": rgb.copy(), "goal": goal_observation(self.pose[r], self.goal[r])}
+        if self.depth_obs:
+            obs["depth"] = (self.depth[r, -1] if self.obs_mode == "frame" else self.depth[r]).copy()
+        return obs
 
     def info(self, r: int, success: bool = False, clipped: bool = False, seconds: float = 0.0,
              out_of_bounds: bool = False) -> dict[str, Any]:
@@ -356,7 +421,7 @@ class NavCore:
             "chunk_poses": self.chunk_poses[r].copy(),
             "goal": self.goal[r].copy(),
             "distance": float(self.distance[r]),
-            "collided": False,
+            "collided": bool(self.collided[r]),
             "out_of_bounds": bool(out_of_bounds),
             "success": bool(success),
             "path_length": float(self.path_length[r]),
@@ -377,7 +442,8 @@ class NavCore:
         return NavSnapshot(self.state.select([r]), self.pose[r].copy(), self.chunk_poses[r].copy(), self.goal[r].copy(),
                            self.bounds[r].copy(), float(self.distance[r]), float(self.path_length[r]),
                            float(self.geodesic[r]), int(self.steps[r]), self.scene_seed[r],
-                           self.rngs[r].bit_generator.state, self.torch_gens[r].get_state(), self.frames[r].copy())
+                           self.rngs[r].bit_generator.state, self.torch_gens[r].get_state(), self.frames[r].copy(),
+                           self.depth[r].copy() if self.needs_depth else None)
 
     def set_row(self, r: int, snap: NavSnapshot) -> None:
         if not isinstance(snap, NavSnapshot):
@@ -388,6 +454,9 @@ class NavCore:
         self.state = self.state.with_rows([r], snap.world)
         self.pose[r], self.chunk_poses[r], self.goal[r], self.bounds[r] = snap.pose, snap.chunk_poses, snap.goal, snap.bounds
         self.frames[r] = snap.frames
+        self.collided[r] = False
+        if self.needs_depth:  # a snapshot of an env without depth: nothing known in view until the next step
+            self.depth[r] = snap.depth if snap.depth is not None else self.max_depth
         self.distance[r], self.path_length[r], self.steps[r] = snap.distance, snap.path_length, snap.steps
         self.geodesic[r] = snap.geodesic_distance
         if snap.scene_seed is not None and (snap.scene_seed != self.scene_seed[r] or self.scenes[r] is None):
@@ -416,6 +485,10 @@ class NavCore:
         for name in ("pose", "chunk_poses", "goal"):
             if not np.isfinite(getattr(snap, name)).all():
                 raise ValueError(f"snapshot {name} holds non-finite values")
+        if snap.depth is not None and (snap.depth.shape != (K, self.height, self.width) or
+                                       not np.isfinite(snap.depth).all() or (snap.depth < 0).any()):
+            raise ValueError(f"snapshot depth must be finite non-negative float32 {(K, self.height, self.width)}, got "
+                             f"{snap.depth.dtype} {snap.depth.shape}")
         if snap.pose.shape != (4, 4) or snap.chunk_poses.shape != (K, 4, 4) or snap.goal.shape != (3,):
             raise ValueError("snapshot pose / chunk_poses / goal have the wrong shapes: "
                              f"{snap.pose.shape}, {snap.chunk_poses.shape}, {snap.goal.shape}")
@@ -457,13 +530,23 @@ _DOC_SECTIONS = """
     chunk (``obs_mode="chunk"``: all K frames, ``(K, H, W, 3)``); ``goal``
     ``Box([0,-1,-1,-1], [50,1,1,1], float32)``, distance to the goal and its direction in
     the camera frame. H x W is the model's frame size (64 x 64 for the shipped model).
+    With ``depth=True`` also ``depth`` ``Box(0, max_depth, (H, W), float32)`` (chunk mode:
+    ``(K, H, W)``): z-depth in metres of the generated chunk, **a prediction** of the
+    model's depth head from the same latent as the colour (the exact render's after a
+    seeded reset); sky reads ``max_depth`` (24 m for the packaged head).
 
     ## Rewards
-    As the reference env: progress toward the goal, minus a step cost, plus a success bonus.
-    **Collisions with objects are unknown in imagination**: the camera passes through
-    whatever the model draws, ``info["collided"]`` is always False, and distances are
-    Euclidean on the integrated pose, not on the imagined scene. Leaving the task's bounds
-    (see Episode End) costs ``collision_penalty`` and ends the episode.
+    As the reference env: progress toward the goal, minus a step cost, plus a success bonus,
+    minus ``collision_penalty`` on a collision. **Collisions are predicted** from the depth
+    the model generated for the last chunk (``collisions``, on by default with the packaged
+    models; :mod:`sanawm_gym.depth_collision`): the reference world's rule (the camera is a
+    sphere of ``camera_radius``; the translation stops at the first frame whose motion would
+    touch, the rotation goes on) against the points that depth shows, so walls and objects
+    in view stop the camera, but what is behind or beside it is not known, and the
+    prediction is only as right as the imagined depth (measured recall and precision:
+    docs/RESULTS.md). Distances are Euclidean on the pose, not geodesic in the imagined
+    scene. Leaving the task's bounds (see Episode End) costs ``collision_penalty`` and ends
+    the episode.
 
     ## Starting State
     ``reset(seed=...)`` draws a scene and a start/goal pair exactly as
@@ -502,7 +585,8 @@ _ARGUMENTS = """
     ## Arguments
     One frozen :class:`NavConfig` (``config=``) and/or its fields as keywords:
     ``action_mode``, ``obs_mode``, ``fov_deg``, ``scene_config``, ``motion``, ``task``,
-    ``reference_frames``, ``timing_info``, ``context_seconds``, ``precision`` (``"auto"``: bfloat16 only where the
+    ``reference_frames``, ``timing_info``, ``context_seconds``, ``depth``, ``collisions``,
+    ``collision_points``, ``precision`` (``"auto"``: bfloat16 only where the
     CPU or GPU has native bf16 matrix units, else float32), ``compile``, ``threads`` (torch
     threads, process-wide; default 1 below 16 envs); plus ``model`` (a ``WorldModel``, a
     checkpoint folder, a packaged model's name such as ``"teacher"``, or None for the
@@ -511,12 +595,14 @@ _ARGUMENTS = """
 
     ``info``: ``pose``, ``chunk_poses``, ``goal``, ``distance``, ``success``,
     ``out_of_bounds``, ``path_length``, ``action_clipped``, ``geodesic_distance``,
-    ``scene_seed``, ``collided`` (always False), and with the options above
+    ``scene_seed``, ``collided`` (predicted from the generated depth, see Rewards), and with
+    the options above
     ``reference_rgb`` / ``generation_time_s``.
 
     ## Snapshots
     ``get_state()`` / ``set_state(snapshot)`` (a :class:`NavSnapshot`: the model's one-row
-    state, pose, goal, counters, random generators; its size does not grow with the
+    state, pose, goal, counters, random generators, the last chunk's depth where the env
+    uses it; its size does not grow with the
     episode) and ``save_state(path)`` / ``load_state(path)`` (safetensors + JSON, no
     pickle; bit-exact across processes). ``set_state`` checks what it restores: shapes and
     dtypes of the model state (a float32 snapshot restores into a bfloat16 env and back,

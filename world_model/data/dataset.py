@@ -17,6 +17,8 @@ An item is a dict::
     intrinsics  float32 (T, 3, 3)    pixels of the H x W frames
     clip_index  int                  which clip
     start       int                  first frame of the crop within the clip
+    depth       float32 (T, H, W)    z-depth in metres (inf: sky); only from
+                                     ``PosedVideoDataset(..., depth=True)`` on a set written with ``--depth``
 
 Problems with the data (missing or unfinished datasets, truncated shards, frame / pose
 count mismatches, non-rigid poses, wrong shapes, clips shorter than ``clip_frames``) raise
@@ -58,6 +60,8 @@ class ClipRead(NamedTuple):
     """``(T, 4, 4)``."""
     intrinsics: np.ndarray
     """``(T, 3, 3)``."""
+    depth: np.ndarray | None = None
+    """``(T, H, W)`` z-depth in metres, where the source has it and it was asked for."""
 
 
 class PosedClipDataset(Dataset):
@@ -149,13 +153,16 @@ class PosedClipDataset(Dataset):
                 raise ValueError(f"{self.clip_name(clip)}: {key} of frames {start}:{start + self.clip_frames} "
                                  f"has shape {got}, expected {tuple('*' if s is None else s for s in shape)}")
         video = torch.from_numpy(np.ascontiguousarray(read.frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return {
+        item = {
             "video": video,  # (T, 3, H, W) in [-1, 1]
             "c2w": torch.from_numpy(np.array(read.c2w, dtype=np.float32)),  # (T, 4, 4), a copy
             "intrinsics": torch.from_numpy(np.array(read.intrinsics, dtype=np.float32)),  # (T, 3, 3), a copy
             "clip_index": clip,
             "start": start,
         }
+        if read.depth is not None:
+            item["depth"] = torch.from_numpy(np.array(read.depth, dtype=np.float32))  # (T, H, W) metres
+        return item
 
 
 # --------------------------------------------------------------------------- our own shards
@@ -170,22 +177,26 @@ class PosedVideoDataset(PosedClipDataset):
 
     ``verify=True`` also checks every shard's sha256 against the manifest (reads all of
     the data once). Shards are opened lazily and memory-mapped, one set per process, so the
-    dataset works in ``DataLoader`` workers. Other arguments: :class:`PosedClipDataset`.
+    dataset works in ``DataLoader`` workers. ``depth=True`` adds each frame's z-depth (sets
+    written with ``--depth``). Other arguments: :class:`PosedClipDataset`.
     """
 
     def __init__(self, root: str | os.PathLike, clip_frames: int, seed: int = 0, samples_per_clip: int = 1,
-                 random_crop: bool = True, verify: bool = False) -> None:
+                 random_crop: bool = True, verify: bool = False, depth: bool = False) -> None:
         super().__init__(clip_frames, seed, samples_per_clip, random_crop)
         self.root = Path(root)
         manifest = _load_manifest(self.root)
         config = manifest["config"]
         F, H, W = config["frames_per_clip"], config["height"], config["width"]
+        if depth and not config.get("depth", False):
+            raise ValueError(f"{self.root}: the set holds no depth; write it with `sanawm-gym dataset ... --depth`")
+        self.depth = depth
         self.frame_shape = (H, W)
         self.shards: list[_Shard] = []
         for entry in manifest["shards"]:
             lo, hi = entry["clips"]
             path = self.root / entry["file"]
-            _check_shard(path, entry, hi - lo, (F, H, W), verify)
+            _check_shard(path, entry, hi - lo, (F, H, W), verify, depth)
             self.shards.append(_Shard(path, lo, hi - lo))
         if sum(s.num_clips for s in self.shards) != manifest["num_clips"]:
             raise ValueError(f"{self.root / MANIFEST}: shards hold {sum(s.num_clips for s in self.shards)} clips, "
@@ -218,7 +229,8 @@ class PosedVideoDataset(PosedClipDataset):
         k = int(self._clip_shard[clip])
         row = clip - self.shards[k].first_clip
         f = self._handle(k)
-        return ClipRead(*(f.get_slice(key)[row, start:stop] for key in ("frames", "c2w", "intrinsics")))
+        keys = ("frames", "c2w", "intrinsics") + (("depth",) if self.depth else ())
+        return ClipRead(*(f.get_slice(key)[row, start:stop] for key in keys))
 
 
 def _load_manifest(root: Path) -> dict[str, Any]:
@@ -234,7 +246,8 @@ def _load_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_shard(path: Path, entry: dict[str, Any], n: int, fhw: tuple[int, int, int], verify: bool) -> None:
+def _check_shard(path: Path, entry: dict[str, Any], n: int, fhw: tuple[int, int, int], verify: bool,
+                 depth: bool = False) -> None:
     """Size (and with ``verify`` the sha256) against the manifest, then the arrays' shapes."""
     if not path.is_file():
         raise ValueError(f"{path}: shard listed in the manifest is missing")
@@ -246,6 +259,8 @@ def _check_shard(path: Path, entry: dict[str, Any], n: int, fhw: tuple[int, int,
         raise ValueError(f"{path}: sha256 differs from the manifest (corrupt); re-run the writer to repair it")
     F, H, W = fhw
     expected = {"frames": ("U8", [n, F, H, W, 3]), "c2w": ("F32", [n, F, 4, 4]), "intrinsics": ("F32", [n, F, 3, 3])}
+    if depth:
+        expected["depth"] = ("F16", [n, F, H, W])
     try:
         with safe_open(str(path), framework="np") as f:
             found = {key: (f.get_slice(key).get_dtype(), f.get_slice(key).get_shape()) for key in f.keys()}

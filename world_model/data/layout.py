@@ -26,6 +26,7 @@ ARRAYS = {
     "actions": "float32 (n, S, 6)",
     "scene_seed": "int64 (n,)",
     "clip_index": "int64 (n,)",
+    "depth": "float16 (n, F, H, W), only in sets written with --depth",
 }
 """The arrays of every shard: ``n`` clips of ``F`` frames, ``S`` env steps."""
 

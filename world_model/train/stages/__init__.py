@@ -12,6 +12,7 @@ STAGES = {
     "autoencoder": "world_model.train.stages.autoencoder:AutoencoderStage",
     "teacher": "world_model.train.stages.teacher:TeacherStage",
     "self_forcing": "world_model.train.stages.self_forcing:SelfForcingStage",
+    "depth": "world_model.train.stages.depth:DepthStage",
 }
 """``--stage`` name -> ``module:class`` of a :class:`~world_model.train.stage.Stage`."""
 
