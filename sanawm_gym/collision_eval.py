@@ -18,11 +18,15 @@ contacts** (a collision right after a free step: the moment a policy has to be s
 steps spent pressed against a wall afterwards are easy); the generated depth's absolute
 relative error, overall and on near pixels (< 2 m), by horizon. The first step's depth is
 the exact render, as in the env after a seeded reset.
+
+``depth_source`` takes the prediction apart: ``generated`` (what the env does), ``clean``
+(the depth head on the autoencoder's latents of the *exact* frames: the head alone, no
+imagination) and ``exact`` (the render's depth: the rule alone, which misses only what is
+out of view).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -32,26 +36,20 @@ from sanawm_gym.depth_collision import depth_points, points_sweep
 from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk, planar_to_body
 from sanawm_gym.reference_world import render
 from sanawm_gym.reference_world.collision import obstacle_sweep
+from sanawm_gym.reference_world.trajectories import driving_actions
 
-__all__ = ["collision_policy_actions", "evaluate_collisions"]
+__all__ = ["DEPTH_SOURCES", "collision_policy_actions", "evaluate_collisions", "format_collisions"]
+
+DEPTH_SOURCES = ("generated", "clean", "exact")
+"""Where the predicting depth comes from (see the module docstring)."""
 
 NEAR_M = 2.0
 """Reference depth below which a pixel counts as near (metres)."""
 
 
 def collision_policy_actions(index: int, steps: int, seed: int) -> np.ndarray:
-    """Planar actions ``(steps, 2)`` ``[forward, yaw_rate]`` of episode ``index``: even
-    episodes drive forward at full speed with a constant turn in [-0.15, 0.15]; odd ones are
-    smooth random (forward in [0, 1], turn rate in [-1, 1], Ornstein-Uhlenbeck, 1 s memory)."""
-    rng = np.random.default_rng([seed, index, 2])
-    if index % 2 == 0:
-        return np.tile([1.0, rng.uniform(-0.15, 0.15)], (steps, 1))
-    out, x = np.zeros((steps, 2)), np.array([0.6, 0.0])
-    theta, sigma = 0.25, np.array([0.25, 0.5])  # per 0.25 s step: ~1 s memory
-    for t in range(steps):
-        x = x + theta * (np.array([0.6, 0.0]) - x) + sigma * rng.standard_normal(2)
-        out[t] = np.clip(x, [0.0, -1.0], [1.0, 1.0])
-    return out
+    """The planar actions of episode ``index``: :func:`~sanawm_gym.reference_world.trajectories.driving_actions`."""
+    return driving_actions(index, steps, seed)
 
 
 def _episode_start(seed: int, index: int):
@@ -63,12 +61,15 @@ def _episode_start(seed: int, index: int):
 @torch.no_grad()
 def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 5000,
                         min_points: tuple[int, ...] = (8,), precision: str = "float32",
-                        horizons: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0), noise_seed: int = 0) -> dict[str, Any]:
+                        horizons: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0), noise_seed: int = 0,
+                        depth_source: str = "generated") -> dict[str, Any]:
     """Run the episodes (see the module docstring) with the world model ``wm`` (it needs a
     depth head) and return the report: per threshold ``recall``, ``precision``,
     ``first_contact_recall`` and the counts; ``depth`` errors by horizon; per-episode labels."""
     if not wm.has_depth:
         raise ValueError("the world model has no depth head: collisions cannot be predicted")
+    if depth_source not in DEPTH_SOURCES:
+        raise ValueError(f"depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}")
     motion = MotionConfig()
     H, W = wm.image_hw
     from world_model.geometry import intrinsics_from_fov
@@ -86,6 +87,8 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
     depth = np.minimum(np.nan_to_num(depth, posinf=max_depth), max_depth)
     chunk_poses = np.repeat(pose[:, None], motion.frames_per_step, 1)
     _, state = wm.init_state(first, pose, np.repeat(K[None], episodes, 0), precision)
+    video = torch.from_numpy(first[:, None]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    _, encoder_cache = wm.autoencoder.encode_step(video)  # the clean source's streaming encoder
     g = torch.Generator().manual_seed(noise_seed)
     truth = np.zeros((episodes, steps), bool)
     predicted = {m: np.zeros((episodes, steps), bool) for m in min_points}
@@ -101,6 +104,15 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
             for m in min_points:
                 predicted[m][e, t] = move_chunk(pose[e], twist[e], motion, points_sweep(points, m)).collided
         _, state, depth = wm.step(state, true_chunks, generator=g, precision=precision, depth=True)
+        if depth_source != "generated":
+            out = [render(scenes[e], true_chunks[e], K, H, W) for e in range(episodes)]
+            if depth_source == "exact":
+                depth = np.minimum(np.nan_to_num(np.stack([np.asarray(o.depth) for o in out]), posinf=max_depth),
+                                   max_depth).astype(np.float32)
+            else:
+                rgb = torch.from_numpy(np.stack([np.asarray(o.rgb) for o in out])).permute(0, 1, 4, 2, 3)
+                latent, encoder_cache = wm.autoencoder.encode_step(rgb.float() / 127.5 - 1.0, encoder_cache)
+                depth = wm._depth(latent)[:, 0]
         pose, chunk_poses = true_chunks[:, -1], true_chunks
         for e in range(episodes):
             ref = np.asarray(render(scenes[e], pose[e], K, H, W).depth)
@@ -110,7 +122,7 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
             near = ref < NEAR_M
             near_rel[e, t] = rel[near].mean() if near.any() else np.nan
     report: dict[str, Any] = {"episodes": episodes, "steps": steps, "seed": seed, "positives": int(truth.sum()),
-                              "thresholds": {}}
+                              "depth_source": depth_source, "thresholds": {}}
     first_contact = truth & ~np.concatenate([np.zeros((episodes, 1), bool), truth[:, :-1]], 1)
     for m, pred in predicted.items():
         tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
@@ -143,8 +155,9 @@ def _precision(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def format_collisions(report: dict[str, Any]) -> str:
     """The report as a short table."""
-    lines = [f"collisions: {report['episodes']} held-out episodes (seed {report['seed']}) of {report['steps']} steps, "
-             f"{report['positives']} colliding steps in the reference world",
+    lines = [f"collisions: {report['episodes']} episodes (seed {report['seed']}) of {report['steps']} steps, "
+             f"{report['positives']} colliding steps in the reference world; predicted from the "
+             f"{report.get('depth_source', 'generated')} depth",
              f"{'min points':>10} {'recall':>7} {'precision':>10} {'first contacts':>15} {'forward rec':>12} "
              f"{'smooth rec':>11} {'smooth prec':>12}"]
     for m, r in report["thresholds"].items():
@@ -153,6 +166,7 @@ def format_collisions(report: dict[str, Any]) -> str:
                      f"{r['smooth_recall']:>11.3f} {r['smooth_precision']:>12.3f}")
     depth = report.get("depth", {})
     if depth:
-        lines.append("generated depth, abs. relative error (all pixels / nearer than 2 m) at "
+        lines.append(f"{report.get('depth_source', 'generated')} depth, abs. relative error (all pixels / nearer than "
+                     "2 m) at "
                      + ", ".join(f"{h}: {d['abs_rel']:.3f} / {d['near_abs_rel']:.3f}" for h, d in depth.items()))
     return "\n".join(lines)

@@ -34,6 +34,7 @@ Command line (``sanawm-gym dataset``)::
 
     sanawm-gym dataset --out data/ref64 --clips 1000 --frames 65 --height 64 --width 64 --seed 0
     sanawm-gym dataset --out data/v2 --clips 1000 --frames 129 --seed 0 --mix hold=0.12 --out-steps 3 12
+    sanawm-gym dataset --out data/drive --clips 400 --frames 129 --seed 0 --paths drive --depth
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from world_model.geometry import intrinsics_from_fov
 from sanawm_gym.kinematics import MotionConfig
 from sanawm_gym.reference_world import WORLD_VERSION, SceneConfig, generate_scene, render, render_backend
-from sanawm_gym.reference_world.trajectories import BehaviourMix, TrajectoryConfig, generate_trajectory
+from sanawm_gym.reference_world.trajectories import (
+    BehaviourMix,
+    TrajectoryConfig,
+    drive_trajectory,
+    driving_actions,
+    generate_trajectory,
+    sample_start_pose,
+)
 from world_model.checkpoint import config_differences, field_defaults, with_defaults
 from world_model.data.layout import (
     ARRAYS,
@@ -73,7 +81,10 @@ from world_model.data.layout import (
     shard_name,
 )
 
-__all__ = ["DatasetConfig", "clip_seeds", "main", "write_dataset"]
+__all__ = ["PATHS", "DatasetConfig", "clip_seeds", "main", "write_dataset"]
+
+PATHS = ("smooth", "drive")
+"""How a dataset's cameras move (:attr:`DatasetConfig.paths`)."""
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +119,12 @@ class DatasetConfig:
     depth: bool = False
     """Also store each frame's exact z-depth (``depth``, float16 metres), what the depth
     head of the autoencoder learns from (``python -m world_model.train --stage depth``)."""
+    paths: str = "smooth"
+    """How the camera moves: ``smooth``, the collision-free trajectories of
+    :func:`generate_trajectory` (``trajectory``); ``drive``, driving episodes that meet walls
+    and objects and are stopped by them, as in the env (:func:`drive_trajectory`, bump and
+    turn: even clips full speed ahead, odd ones smooth random), from a free start of
+    ``trajectory``'s bounds."""
 
     def __post_init__(self) -> None:
         if self.frames_per_clip < 1:
@@ -120,6 +137,8 @@ class DatasetConfig:
             raise ValueError(f"clips_per_shard must be >= 1, got {self.clips_per_shard}")
         if not 0 < self.fov_deg < 180:
             raise ValueError(f"fov_deg must be in (0, 180), got {self.fov_deg}")
+        if self.paths not in PATHS:
+            raise ValueError(f"paths must be one of {PATHS}, got {self.paths!r}")
 
     @property
     def steps_per_clip(self) -> int:
@@ -143,7 +162,11 @@ def _render_clip(cfg: DatasetConfig, index: int, K: np.ndarray) -> dict[str, np.
     scene_seed, trajectory_seed = clip_seeds(cfg.seed, index)
     scene = generate_scene(scene_seed, cfg.scene)
     rng = np.random.default_rng(trajectory_seed)
-    traj = generate_trajectory(scene, cfg.steps_per_clip, rng, cfg.trajectory, cfg.motion)
+    if cfg.paths == "drive":
+        start = sample_start_pose(scene, rng, cfg.trajectory, cfg.motion)
+        traj, _ = drive_trajectory(scene, start, driving_actions(index, cfg.steps_per_clip, cfg.seed), cfg.motion, rng)
+    else:
+        traj = generate_trajectory(scene, cfg.steps_per_clip, rng, cfg.trajectory, cfg.motion)
     c2w = traj.c2w[: cfg.frames_per_clip]  # (F, 4, 4)
     out = render(scene, c2w, K, cfg.height, cfg.width)  # (F, H, W, 3), all frames in one call
     arrays = {
@@ -223,6 +246,7 @@ def write_dataset(
     trajectory_config: TrajectoryConfig | None = None,
     progress: bool = True,
     depth: bool = False,
+    paths: str = "smooth",
 ) -> Path:
     """Write (or resume, or extend) a posed-video dataset of ``num_clips`` clips into
     ``out_dir`` and return its path. See the module docstring for the layout.
@@ -231,7 +255,8 @@ def write_dataset(
     for a folder holding a dataset with another config (the message lists the fields).
     """
     cfg = DatasetConfig(frames_per_clip, height, width, seed, clips_per_shard, float(fov_deg),
-                        scene_config or SceneConfig(), trajectory_config or TrajectoryConfig(), depth=depth)
+                        scene_config or SceneConfig(), trajectory_config or TrajectoryConfig(), depth=depth,
+                        paths=paths)
     _write(Path(out_dir), cfg, num_clips, progress)
     return Path(out_dir)
 
@@ -326,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="steps of an out-and-back's outward leg (default: TrajectoryConfig's)")
     parser.add_argument("--depth", action="store_true",
                         help="also store each frame's exact z-depth (float16 metres; for the depth head)")
+    parser.add_argument("--paths", choices=PATHS, default="smooth",
+                        help="smooth: collision-free trajectories; drive: episodes that drive into walls and objects "
+                             "and are stopped by them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -333,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         cfg = DatasetConfig(args.frames, args.height, args.width, args.seed, args.clips_per_shard, args.fov,
-                            trajectory=_trajectory_config(args.mix, args.out_steps), depth=args.depth)
+                            trajectory=_trajectory_config(args.mix, args.out_steps), depth=args.depth,
+                            paths=args.paths)
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             written = _write(Path(args.out), cfg, args.clips, progress=not args.no_progress)
     except ValueError as exc:

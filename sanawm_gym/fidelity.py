@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collision-points", type=int, nargs="+", default=None, metavar="M",
                    help="with --collisions: thresholds to score (depth points within the camera radius; default: "
                         "the env's)")
+    p.add_argument("--collision-depth", choices=("generated", "clean", "exact"), default="generated",
+                   help="with --collisions: predict from the generated depth (the env's), the depth head on the exact "
+                        "frames' latents (the head alone) or the exact depth (the rule alone)")
     args = p.parse_args(argv)
     if args.compare:
         try:
@@ -170,7 +173,8 @@ def _evaluate_collisions(args: argparse.Namespace, wm: WorldModel) -> int:
     steps = max(1, int(round(args.seconds * FPS / 4)))
     t0 = time.perf_counter()
     try:
-        report = evaluate_collisions(wm, args.clips, steps, args.seed, points, args.precision)
+        report = evaluate_collisions(wm, args.clips, steps, args.seed, points, args.precision,
+                                     depth_source=args.collision_depth)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     report["seconds_taken"] = time.perf_counter() - t0

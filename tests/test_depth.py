@@ -280,3 +280,32 @@ def test_depth_stage_trains_caches_and_exports(depth_set, tmp_path):
     assert {"abs_rel_clean", "abs_rel_imagined", "near_abs_rel_imagined", "abs_rel_imagined_0.5s"} <= set(history[-1])
     assert main(args) == 0  # a finished run re-run: the caches are reused
     assert sorted(out.glob("depth-latents-*.safetensors")) == caches
+    # A second run from the first one's head, near pixels weighted; a head of another shape is refused.
+    more = args + ["--init-from", str(out / "final"), "--near-weight", "2", "--extra-data", str(depth_set)]
+    more[more.index("--out") + 1] = str(tmp_path / "run2")
+    assert main(more) == 0 and load_depth_head(tmp_path / "run2" / "final") is not None
+    assert len(list((tmp_path / "run2").glob("depth-latents-extra-*.safetensors"))) == 1  # the second set's own cache
+    wider = list(more)
+    wider[wider.index("--out") + 1] = str(tmp_path / "run3")
+    wider[wider.index("--head.width") + 1] = "16"
+    with pytest.raises(SystemExit):
+        main(wider)
+
+
+def test_driving_clips_meet_walls_and_stop_there(tmp_path):
+    from sanawm_gym.reference_world.trajectories import drive_trajectory, driving_actions
+
+    scene, pose = _facing_wall(1.0)
+    traj, collided = drive_trajectory(scene, pose, np.tile([1.0, 0.0], (8, 1)))
+    assert traj.c2w.shape == (33, 4, 4) and collided[-1] and not collided[0]
+    gap = np.asarray(signed_distance(scene, traj.c2w[:, :3, 3]))
+    assert gap.min() >= MotionConfig().camera_radius - 1e-6  # stopped at the wall, never through it
+    turned, bumps = drive_trajectory(scene, pose, np.tile([1.0, 0.0], (12, 1)), rng=np.random.default_rng(0))
+    assert (turned.actions[:, 4] != 0).any()  # bump and turn: it turned away after meeting the wall
+    write_dataset(tmp_path / "a", 2, 17, height=32, width=32, seed=3, progress=False, depth=True, paths="drive")
+    write_dataset(tmp_path / "b", 2, 17, height=32, width=32, seed=3, progress=False, depth=True, paths="drive")
+    assert (tmp_path / "a" / "shard-00000.safetensors").read_bytes() == (tmp_path / "b" / "shard-00000.safetensors").read_bytes()
+    forward = driving_actions(0, 4, 1)
+    assert (forward[:, 0] == 1).all()
+    with pytest.raises(ValueError, match="paths must be one of"):
+        write_dataset(tmp_path / "c", 1, 5, paths="fly", progress=False)

@@ -53,12 +53,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from world_model.geometry import exp_se3, pose_from_yaw_pitch
-from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk
-from sanawm_gym.reference_world.collision import segment_collision, signed_distance
+from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk, planar_to_body
+from sanawm_gym.reference_world.collision import obstacle_sweep, segment_collision, signed_distance
 from sanawm_gym.reference_world.scene import Scene
 
 __all__ = [
     "BEHAVIOURS",
+    "drive_trajectory",
+    "driving_actions",
     "BehaviourMix",
     "Revisit",
     "Trajectory",
@@ -625,3 +627,47 @@ def generate_trajectory(
     _check_no_collision(scene, c2w, cfg, motion)
     return Trajectory(actions, c2w, tuple(w.labels), tuple(w.revisits))
 
+
+
+# ------------------------------------------------------------------------- driving episodes
+def driving_actions(index: int, steps: int, seed: int) -> np.ndarray:
+    """Planar actions ``(steps, 2)`` ``[forward, yaw_rate]`` of driving episode ``index``:
+    even episodes drive forward at full speed with a constant turn in [-0.15, 0.15] (into
+    walls and objects), odd ones are smooth random (forward in [0, 1], turn rate in [-1, 1],
+    Ornstein-Uhlenbeck with about 1 s of memory). Drawn from ``(seed, index, 2)``."""
+    rng = np.random.default_rng([seed, index, 2])
+    if index % 2 == 0:
+        return np.tile([1.0, rng.uniform(-0.15, 0.15)], (steps, 1))
+    out, x = np.zeros((steps, 2)), np.array([0.6, 0.0])
+    theta, sigma = 0.25, np.array([0.25, 0.5])  # per 0.25 s step: about 1 s of memory
+    for t in range(steps):
+        x = x + theta * (np.array([0.6, 0.0]) - x) + sigma * rng.standard_normal(2)
+        out[t] = np.clip(x, [0.0, -1.0], [1.0, 1.0])
+    return out
+
+
+def drive_trajectory(scene: Scene, start: np.ndarray, actions: np.ndarray, motion: MotionConfig | None = None,
+                     rng: np.random.Generator | None = None) -> tuple[Trajectory, np.ndarray]:
+    """Drive planar ``actions (S, 2)`` from ``start (4, 4)`` as ``SanaWM/ReferenceNav-v0``
+    would: each step through :func:`move_chunk` with the scene's exact geometry, so the camera
+    stops at walls and objects (it does not avoid them). With ``rng``, a bump-and-turn
+    driver: two steps after a collision it turns in place (full rate, a random side) for 2-6
+    steps, then goes on with ``actions``. Returns the trajectory (behaviour ``"drive"``; its
+    actions are the ones taken) and which steps collided ``(S,)``."""
+    motion = motion or MotionConfig()
+    sweep = obstacle_sweep(scene)
+    body = planar_to_body(np.asarray(actions, dtype=np.float64))
+    poses, collided, pose = [np.asarray(start, dtype=np.float64)[None]], [], np.asarray(start, dtype=np.float64)
+    turning, side = 0, 1.0
+    for t in range(len(body)):
+        if rng is not None and turning == 0 and len(collided) >= 2 and collided[-1] and collided[-2]:
+            turning, side = int(rng.integers(2, 7)), float(rng.choice([-1.0, 1.0]))
+        if turning:
+            body[t] = planar_to_body(np.array([0.0, side]))
+            turning -= 1
+        step = move_chunk(pose, action_to_twist(body[t], motion), motion, sweep)
+        poses.append(step.poses)
+        collided.append(step.collided)
+        pose = step.poses[-1]
+    return (Trajectory(body.astype(np.float32), np.concatenate(poses), ("drive",) * len(body), ()),
+            np.array(collided, bool))

@@ -15,8 +15,8 @@ from world_model.world_model import packaged_model
 
 __all__ = ["main"]
 
-PATH_FIELDS = ("data", "heldout", "out")
-"""TrainConfig fields made absolute, so that a resumed run is recognised from anywhere."""
+PATH_FIELDS = ("data", "heldout", "out", "extra_data")
+"""Path options (of TrainConfig and of the stages) made absolute, so that a resumed run is recognised from anywhere."""
 
 
 def build_parser(stage: str) -> argparse.ArgumentParser:

@@ -69,11 +69,20 @@ class DepthStageConfig:
     """Noise seed of the rollouts."""
     encode_batch: int = 16
     """Clips per batch when encoding and rolling out."""
+    near_weight: float = 0.0
+    """Extra loss weight of pixels nearer than 2 m (see :func:`depth_log_l1`)."""
+    extra_data: str = ""
+    """A second depth set trained on beside ``--data`` (for example driving episodes that meet
+    walls, ``sanawm-gym dataset --paths drive --depth``); its clips are cut into whole windows
+    of ``clip_frames``, each encoded and rolled out like the first set's."""
+    init_from: str = ""
+    """A depth head (its folder, a world-model folder holding ``depth/``, or a packaged
+    model's name) whose weights start the run; its config must equal ``head``. Empty: fresh."""
 
     def __post_init__(self) -> None:
-        if self.rollout_clips < 0 or self.encode_batch < 1:
-            raise ValueError(f"rollout_clips must be >= 0 and encode_batch >= 1, got {self.rollout_clips}, "
-                             f"{self.encode_batch}")
+        if self.rollout_clips < 0 or self.encode_batch < 1 or self.near_weight < 0:
+            raise ValueError(f"rollout_clips and near_weight must be >= 0 and encode_batch >= 1, got "
+                             f"{self.rollout_clips}, {self.near_weight}, {self.encode_batch}")
 
 
 def depth_targets(depth: Tensor, k: int) -> Tensor:
@@ -100,6 +109,18 @@ def depth_metrics(pred: Tensor, target: Tensor, max_depth: float) -> dict[str, T
             "delta_1.25": (ratio < 1.25).float().mean((2, 3, 4)), "near_abs_rel": near_rel}
 
 
+class _AllWindows(PosedVideoDataset):
+    """Every whole window of ``clip_frames`` frames of each clip, with depth: item ``i`` is
+    window ``i // num_clips`` of clip ``i % num_clips`` (consecutive windows share a frame)."""
+
+    def __init__(self, root, clip_frames: int):
+        super().__init__(root, clip_frames, random_crop=False, depth=True)
+        self.samples_per_clip = max(1, (int(self.clip_lengths.min()) - 1) // max(clip_frames - 1, 1))
+
+    def crop_start(self, index: int) -> int:
+        return (index // self.num_clips) * (self.clip_frames - 1)
+
+
 class LatentDepth(Dataset):
     """Cached latent frames with their depth: item ``i`` is one clip's ``(T, L, h, w)`` latents
     (clean or imagined) and ``(T, K, H, W)`` depth (float32 metres, read from the set)."""
@@ -118,15 +139,16 @@ class LatentDepth(Dataset):
 class DepthObjective(nn.Module):
     """The head with its loss: ``forward(batch) -> (loss, logs)``."""
 
-    def __init__(self, head: DepthHead):
+    def __init__(self, head: DepthHead, near_weight: float = 0.0):
         super().__init__()
         self.head = head
+        self.near_weight = near_weight
 
     def forward(self, batch: Batch) -> tuple[Tensor, Logs]:
         cfg = self.head.config
         z = batch["latents"]  # (B, T, L, h, w)
         log_d = self.head.log_depth(z.flatten(0, 1))  # (B T, K, H, W)
-        loss = depth_log_l1(log_d, batch["depth"].flatten(0, 1), cfg.min_depth, cfg.max_depth)
+        loss = depth_log_l1(log_d, batch["depth"].flatten(0, 1), cfg.min_depth, cfg.max_depth, self.near_weight, NEAR_M)
         return loss, {"log_l1": loss.detach()}
 
 
@@ -166,7 +188,19 @@ class DepthStage(Stage):
         latent = self.autoencoder().config.latent_channels
         if latent != self.config.head.latent_channels:
             raise ValueError(f"the autoencoder makes {latent} latent channels; set --head.latent-channels {latent}")
-        return DepthObjective(DepthHead(self.config.head))
+        head = DepthHead(self.config.head)
+        if self.config.init_from:
+            from world_model.world_model import load_depth_head
+
+            source = load_depth_head(self.config.init_from)
+            if source is None:
+                raise ValueError(f"init_from {self.config.init_from}: no depth head there")
+            if source.config != self.config.head:
+                raise ValueError(f"init_from {self.config.init_from}: its head config {source.config} differs from "
+                                 f"this run's {self.config.head}")
+            head.load_state_dict(source.state_dict())
+            log.info("initialised from %s", self.config.init_from)
+        return DepthObjective(head, self.config.near_weight)
 
     @torch.no_grad()
     def _imagine(self, video: Tensor, c2w: Tensor, intrinsics: Tensor, seed: int) -> Tensor:
@@ -197,7 +231,7 @@ class DepthStage(Stage):
         file = out / f"depth-latents-{what}-{key}.safetensors"
         if file.is_file():
             return safetensors.torch.load_file(file)
-        ds = PosedVideoDataset(root, frames, random_crop=False)
+        ds = _AllWindows(root, frames)
         n = self.config.encode_batch
         batches = [[(c, kind) for c in chosen[b : b + n]] for chosen, kind in ((clips, False), (imagined, True))
                    for b in range(0, len(chosen), n)]
@@ -247,16 +281,23 @@ class DepthStage(Stage):
         return clips, sorted({round(i * (n - 1) / max(m - 1, 1)) for i in range(m)})
 
     def train_dataset(self) -> Dataset:
-        depth_set = PosedVideoDataset(self.train.data, self.train.clip_frames, random_crop=False, depth=True)
-        clips, imagined = self._both(len(depth_set), self.config.rollout_clips)
-        cache = self._cache(self.train.data, self.train.clip_frames, clips, imagined, Path(self.train.out), "train")
-        return LatentDepth(cache["latents"], cache["clip"], depth_set, self.config.head.frames_per_latent)
+        from torch.utils.data import ConcatDataset
+
+        sets = []
+        for root, what in ((self.train.data, "train"), (self.config.extra_data, "extra")):
+            if not root:
+                continue
+            depth_set = _AllWindows(root, self.train.clip_frames)
+            clips, imagined = self._both(len(depth_set), self.config.rollout_clips)
+            cache = self._cache(root, self.train.clip_frames, clips, imagined, Path(self.train.out), what)
+            sets.append(LatentDepth(cache["latents"], cache["clip"], depth_set, self.config.head.frames_per_latent))
+        return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
     def heldout_dataset(self) -> Dataset | None:
         if not self.train.heldout:
             return None
         ds = PosedVideoDataset(self.train.heldout, self.train.eval_frames, random_crop=False, depth=True)
-        n = min(self.train.eval_clips or len(ds), len(ds))
+        n = min(self.train.eval_clips or ds.num_clips, ds.num_clips)
         clips = list(range(n))
         cache = self._cache(self.train.heldout, self.train.eval_frames, clips, clips if self.config.rollout_model else [],
                             Path(self.train.out), "heldout", shared=False)
