@@ -282,7 +282,8 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
 
     names = args.model or ["default"]
     models = {name: _load_model(args, name) for name in names}
-    modes = [(p, c == "on", t) for t in args.threads for c in args.compile for p in args.precision]
+    modes = [(p, c == "on", t, w == "on") for w in args.collisions for t in args.threads for c in args.compile
+             for p in args.precision]
     passes = ", ".join(f"{name}: {m.sample_steps} sampler step{'s' * (m.sample_steps > 1)} + 1 commit pass"
                        for name, m in models.items())
     print(f"SanaWM/Nav-v0 native vector env, backbone passes per step ({passes}), "
@@ -291,16 +292,17 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
           f"threads 'auto': 1 below 16 envs, else all CPUs; x N=1 compares within one model and mode, x base with "
           f"the first model and mode at the same N")
     width = max(5, *(len(n) for n in names))
-    print(f"{'envs':>5} {'model':>{width}} {'precision':>9} {'compile':>7} {'threads':>7} {'steps/s':>9} "
-          f"{'frames/s':>9} {'x N=1':>7} {'x base':>7}")
+    print(f"{'envs':>5} {'model':>{width}} {'precision':>9} {'compile':>7} {'threads':>7} {'collide':>7} "
+          f"{'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x base':>7}")
     first_n: dict[tuple, float] = {}
     for n in args.num_envs:
         base = None
         for name, model in models.items():
-            for precision, compiled, threads in modes:
+            for precision, compiled, threads, walls in modes:
                 chosen = inference_threads(n, None if threads == "auto" else int(threads))
                 venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
-                                    precision=precision, compile=compiled, threads=chosen)
+                                    precision=precision, compile=compiled, threads=chosen,
+                                    collisions=None if walls else False)
                 venv.reset(seed=args.seed)
                 actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
                 venv.step(actions[0])  # warm-up (and, compiled, the build)
@@ -309,12 +311,14 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
                     venv.step(a)
                 dt = time.perf_counter() - t0
                 frames = n * args.env_steps * model.config.frames_per_latent / dt
-                first_n.setdefault((name, precision, compiled, threads), frames)
+                first_n.setdefault((name, precision, compiled, threads, walls), frames)
                 base = base or frames
                 shown = venv.unwrapped.core.precision + ("*" if precision == "auto" else "")
+                predicted = "on" if venv.unwrapped.core.collisions else "off"
                 print(f"{n:>5} {name:>{width}} {shown:>9} {'on' if compiled else 'off':>7} {torch.get_num_threads():>7} "
-                      f"{n * args.env_steps / dt:>9.1f} {frames:>9.1f} "
-                      f"{frames / first_n[name, precision, compiled, threads]:>6.1f}x {frames / base:>6.2f}x", flush=True)
+                      f"{predicted:>7} {n * args.env_steps / dt:>9.1f} {frames:>9.1f} "
+                      f"{frames / first_n[name, precision, compiled, threads, walls]:>6.1f}x {frames / base:>6.2f}x",
+                      flush=True)
                 venv.close()
     if "auto" in args.precision:
         print("* chosen by precision='auto'")
@@ -439,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
                    help="`bench env`: eager (off) and/or torch.compile'd (on) model passes, side by side; "
                         "`on` builds the compiled passes once per batch size and precision (untimed)")
+    b.add_argument("--collisions", nargs="+", default=["on"], choices=["off", "on"],
+                   help="`bench env`: collisions predicted from the generated depth (on: the env's default, where "
+                        "the model has a depth head) and/or off, side by side")
     b.add_argument("--sizes", type=COUNT, nargs="+", default=[64, 128], help="render sizes in pixels, >= 1")
     b.add_argument("--batch", type=COUNT, default=64, help="cameras per render call, >= 1")
     b.add_argument("--repeats", type=COUNT, default=5, help="timed render calls per size, >= 1")

@@ -77,6 +77,16 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
     rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[1] for r in rows] == [str(tmp_path / "wm"), str(tmp_path / "wm2")]
     assert rows[0][-1] == "1.00x" and rows[1][-2] == "1.0x" and float(rows[1][-1][:-1]) > 0
+    # with a depth head, predicted collisions off and on side by side (a model without one: off either way)
+    from world_model.autoencoder.depth import DepthHead, DepthHeadConfig
+
+    WorldModel(ae, backbone, sample_steps=1, depth_head=DepthHead(DepthHeadConfig(latent_channels=4, width=8, blocks=1,
+                                                                                up_widths=(8, 4)))
+               ).save_pretrained(tmp_path / "wm3")
+    stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm3"), str(tmp_path / "wm"), "--num-envs", "1",
+                     "--env-steps", "2", "--precision", "float32", "--collisions", "off", "on")
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[5] for r in rows] == ["off", "on", "off", "off"]
 
 
 # ------------------------------------------------------------------------ in-process checks

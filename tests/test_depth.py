@@ -309,3 +309,20 @@ def test_driving_clips_meet_walls_and_stop_there(tmp_path):
     assert (forward[:, 0] == 1).all()
     with pytest.raises(ValueError, match="paths must be one of"):
         write_dataset(tmp_path / "c", 1, 5, paths="fly", progress=False)
+
+
+def test_fidelity_suite_scores_collisions_for_a_model_with_depth(tmp_path, monkeypatch):
+    import sanawm_gym.fidelity_suite as suite
+
+    monkeypatch.setitem(suite.SUITES, "short", (suite.HeldoutSet("still", "still", 1, 1.0, 4000, (1.0,)),))
+    monkeypatch.setattr(suite, "COLLISION_EPISODES", 2)
+    monkeypatch.setattr(suite, "COLLISION_STEPS", 2)
+    report = suite.run_suite(depth_model(), "short", tmp_path / "d", tmp_path / "o", log=lambda *_: None)
+    from sanawm_gym.envs.world_model_nav import NavConfig
+
+    entry = report["collisions"]
+    m = NavConfig.collision_points
+    assert entry["episodes"] == 2 and entry["min_points"] == m and set(entry["thresholds"]) == {str(m)}
+    assert "collisions: 2 episodes" in suite.format_report(report)
+    plain = suite.run_suite(tiny_world_model(), "short", tmp_path / "d", tmp_path / "o2", log=lambda *_: None)
+    assert "collisions" not in plain  # no depth head, nothing to predict with
