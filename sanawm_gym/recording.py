@@ -57,9 +57,11 @@ entity                              archetype                                whe
 ``W/camera/image``                  ``Image`` (the observation)              every raw frame of a chunk
                                                                              observation, else each call
 ``W/camera/reference``              ``Image`` (``info["reference_rgb"]``)    each call, if asked and present
+``W/camera/depth``                  ``DepthImage`` (``obs["depth"]``, metres) each call, where the env has it
 ``W/trajectory``                    ``Clear`` on reset, ``LineStrips3D``     each call
 ``W/goal``                          ``Points3D``                             reset, and when it moves
 ``M/reward``                        ``Scalars``                              each step (not resets)
+``M/collided``                      ``Scalars`` (0 / 1)                      each step (not resets)
 ``M/distance``                      ``Scalars``                              each call
 ``T/map``                           ``Image`` (obstacles, map pixels)        each reset into a new scene
 ``T/path``                          ``Clear`` on reset, ``LineStrips2D``     each call
@@ -298,9 +300,11 @@ class EpisodeLogger:
             self.frames_per_step = max(1, len(chunk)) if chunk is not None else 1
 
     # ------------------------------------------------------------------ logging
-    def log_reset(self, i: int, rgb: np.ndarray, info: dict[str, Any], scene: Any = None) -> None:
+    def log_reset(self, i: int, rgb: np.ndarray, info: dict[str, Any], scene: Any = None,
+                  depth: np.ndarray | None = None) -> None:
         """A new episode of env ``i`` in ``scene`` (a reference-world ``Scene`` or ``None``):
-        the scene if it is new, a fresh trajectory, the goal, the first frame."""
+        the scene if it is new, a fresh trajectory, the goal, the first frame (and its
+        ``depth`` in metres, where the env observes one)."""
         import rerun as rr
 
         pose, frames = _pose(info), _frames(rgb)
@@ -315,7 +319,7 @@ class EpisodeLogger:
         self.rec.log(f"{self.world_path(i)}/trajectory", rr.Clear(recursive=False))
         track.points.append(pose[:3, 3].copy())
         self._log_camera(i, pose, frames[-1])
-        self._log_call(i, pose, info)
+        self._log_call(i, pose, info, depth)
         if self._map_of(i) is not None:
             self.rec.log(f"{self.topdown_path(i)}/path", rr.Clear(recursive=False))
         if info.get("goal") is not None:
@@ -323,8 +327,10 @@ class EpisodeLogger:
         if i == 0:
             self._send_blueprint(info, pose)
 
-    def log_step(self, i: int, rgb: np.ndarray, reward: float, info: dict[str, Any]) -> None:
-        """One step of env ``i``: every raw frame of its chunk, its path so far, its reward."""
+    def log_step(self, i: int, rgb: np.ndarray, reward: float, info: dict[str, Any],
+                 depth: np.ndarray | None = None) -> None:
+        """One step of env ``i``: every raw frame of its chunk, its path so far, its reward,
+        whether it collided (and the chunk's last ``depth``, where the env observes one)."""
         import rerun as rr
 
         self._learn_frames_per_step(info)
@@ -346,8 +352,10 @@ class EpisodeLogger:
             radius = self.topdown_size / 256
             self.rec.log(f"{self.topdown_path(i)}/path",
                          rr.LineStrips2D([topdown.to_image(np.stack(track.points)[:, :2])], colors=[color], radii=radius))
-        self._log_call(i, pose, info)
+        self._log_call(i, pose, info, depth)
         self.rec.log(f"{self.metrics_path(i)}/reward", rr.Scalars(float(reward)))
+        if "collided" in info:
+            self.rec.log(f"{self.metrics_path(i)}/collided", rr.Scalars(float(bool(info["collided"]))))
         goal = info.get("goal")
         if goal is not None and (track.goal is None or not np.array_equal(track.goal, goal)):
             self._log_goal(i, np.asarray(goal, dtype=np.float64))
@@ -367,10 +375,14 @@ class EpisodeLogger:
         if image is not None:
             self.rec.log(f"{world}/camera/image", rr.Image(image))
 
-    def _log_call(self, i: int, pose: np.ndarray, info: dict[str, Any]) -> None:
-        """What env ``i`` reports once per call: the reference frame, the distance, the camera on the map."""
+    def _log_call(self, i: int, pose: np.ndarray, info: dict[str, Any], depth: np.ndarray | None = None) -> None:
+        """What env ``i`` reports once per call: the reference frame, the depth, the distance,
+        the camera on the map."""
         import rerun as rr
 
+        if depth is not None:  # the chunk's last map; under the pinhole, Rerun also shows it as points in 3-D
+            d = np.asarray(depth, dtype=np.float32)
+            self.rec.log(f"{self.world_path(i)}/camera/depth", rr.DepthImage(d.reshape(-1, *d.shape[-2:])[-1], meter=1.0))
         reference = info.get("reference_rgb")
         if self.log_reference and reference is not None:
             self.rec.log(f"{self.world_path(i)}/camera/reference", rr.Image(np.asarray(reference, dtype=np.uint8)))
@@ -569,6 +581,11 @@ def _row_info(infos: dict[str, Any], i: int) -> dict[str, Any]:
     return row
 
 
+def _row_depth(obs: dict[str, Any], i: int) -> np.ndarray | None:
+    """Row ``i`` of a batched observation's ``depth``, or None when it has none."""
+    return obs["depth"][i] if "depth" in obs else None
+
+
 def _frames(rgb: np.ndarray) -> np.ndarray:
     """The observation's frames as ``(n, H, W, 3)`` uint8 (n = 1 for one frame, K for a chunk)."""
     rgb = np.asarray(rgb)
@@ -622,13 +639,14 @@ class RerunRecorder(gym.Wrapper):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         self.logger.next_frame()
-        self.logger.log_reset(0, obs["rgb"], info, scene=getattr(self.env.unwrapped, "scene", None))
+        self.logger.log_reset(0, obs["rgb"], info, scene=getattr(self.env.unwrapped, "scene", None),
+                              depth=obs.get("depth"))
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.logger.next_frame()
-        self.logger.log_step(0, obs["rgb"], reward, info)
+        self.logger.log_step(0, obs["rgb"], reward, info, depth=obs.get("depth"))
         return obs, reward, terminated, truncated, info
 
     def close(self) -> None:
@@ -692,7 +710,8 @@ class RerunVectorRecorder(VectorWrapper):
         rows = np.flatnonzero(mask)
         scenes = self._scenes(rows)
         for i in rows:
-            self.logger.log_reset(int(i), obs["rgb"][i], _row_info(infos, int(i)), scene=scenes[i])
+            self.logger.log_reset(int(i), obs["rgb"][i], _row_info(infos, int(i)), scene=scenes[i],
+                                  depth=_row_depth(obs, i))
         self._autoreset[mask] = False
         return obs, infos
 
@@ -706,14 +725,14 @@ class RerunVectorRecorder(VectorWrapper):
         for i in range(self.num_envs):
             info = _row_info(infos, i)
             if self._autoreset[i]:  # next-step autoreset: this row was reset, not stepped
-                self.logger.log_reset(i, obs["rgb"][i], info, scene=scenes[i])
+                self.logger.log_reset(i, obs["rgb"][i], info, scene=scenes[i], depth=_row_depth(obs, i))
                 continue
             if self.autoreset_mode == AutoresetMode.SAME_STEP and done[i]:
                 final_obs, final_info = infos["final_obs"][i], _row_info(infos.get("final_info", {}), i)
-                self.logger.log_step(i, final_obs["rgb"], rewards[i], final_info)
-                self.logger.log_reset(i, obs["rgb"][i], info, scene=scenes[i])
+                self.logger.log_step(i, final_obs["rgb"], rewards[i], final_info, depth=final_obs.get("depth"))
+                self.logger.log_reset(i, obs["rgb"][i], info, scene=scenes[i], depth=_row_depth(obs, i))
                 continue
-            self.logger.log_step(i, obs["rgb"][i], rewards[i], info)
+            self.logger.log_step(i, obs["rgb"][i], rewards[i], info, depth=_row_depth(obs, i))
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             self._autoreset = done.copy()
         return obs, rewards, terminations, truncations, infos

@@ -408,6 +408,28 @@ def test_world_model_env_logs_every_frame_of_each_chunk(tmp_path, tiny_model):
     assert after.view("world")["eye"]["EyeControls3D:look_target"] == [[0.0, 0.0, 0.0]]
 
 
+def test_depth_observation_and_collisions_are_logged(tmp_path, tiny_model):
+    """Nav-v0 with a depth head and the depth observation: the chunk's last depth map under the
+    camera's pinhole, and whether each step collided."""
+    from world_model.autoencoder.depth import DepthHead, DepthHeadConfig
+    from world_model.world_model import WorldModel
+
+    head = DepthHead(DepthHeadConfig(latent_channels=4, width=8, blocks=1, up_widths=(8, 4)))
+    model = WorldModel(tiny_model.autoencoder, tiny_model.backbone, tiny_model.sample_steps, depth_head=head)
+    path = tmp_path / "depth.rrd"
+    env = RerunRecorder(gym.make("SanaWM/Nav-v0", model=model, depth=True), "rrd", path=path, application_id="test_depth")
+    obs, _ = env.reset(seed=0)
+    env.unwrapped.core.depth[0] = 0.3  # a wall just ahead: the next forward step collides
+    obs, _, _, _, info = env.step(np.array([0, 0, 1.0, 0, 0, 0], np.float32))
+    env.close()
+    assert info["collided"]
+    rrd = read_rrd(path)
+    assert sorted(rrd.steps["/world/camera/depth"]) == [0, 1]
+    assert sorted(rrd.steps["/metrics/collided"]) == [1]
+    (value,) = rrd.values["/metrics/collided"][("Scalars:scalars", 1)]
+    assert value == 1.0
+
+
 # ------------------------------------------------------------------------- vector env
 def test_vector_env_next_step_autoreset_starts_a_new_trajectory(tmp_path):
     path = tmp_path / "vector.rrd"
