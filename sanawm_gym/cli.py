@@ -302,7 +302,7 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
                 chosen = inference_threads(n, None if threads == "auto" else int(threads))
                 venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
                                     precision=precision, compile=compiled, threads=chosen,
-                                    collisions=None if walls else False)
+                                    collisions=walls and model.has_depth)
                 venv.reset(seed=args.seed)
                 actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
                 venv.step(actions[0])  # warm-up (and, compiled, the build)
@@ -443,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
                    help="`bench env`: eager (off) and/or torch.compile'd (on) model passes, side by side; "
                         "`on` builds the compiled passes once per batch size and precision (untimed)")
-    b.add_argument("--collisions", nargs="+", default=["on"], choices=["off", "on"],
-                   help="`bench env`: collisions predicted from the generated depth (on: the env's default, where "
-                        "the model has a depth head) and/or off, side by side")
+    b.add_argument("--collisions", nargs="+", default=["off"], choices=["off", "on"],
+                   help="`bench env`: collisions predicted from the generated depth (on: where the model has a "
+                        "depth head) and/or off (the env's default), side by side")
     b.add_argument("--sizes", type=COUNT, nargs="+", default=[64, 128], help="render sizes in pixels, >= 1")
     b.add_argument("--batch", type=COUNT, default=64, help="cameras per render call, >= 1")
     b.add_argument("--repeats", type=COUNT, default=5, help="timed render calls per size, >= 1")

@@ -164,8 +164,8 @@ def test_points_sweep_with_exact_depth_stops_where_the_scene_does():
 # --------------------------------------------------------------------------------- env
 def test_nav_env_depth_observation_and_predicted_collisions():
     wm = depth_model()
-    env = gym.make("SanaWM/Nav-v0", model=wm, depth=True)
-    assert env.unwrapped.core.collisions  # on by default when the model has a depth head
+    assert not gym.make("SanaWM/Nav-v0", model=wm).unwrapped.core.collisions  # off by default
+    env = gym.make("SanaWM/Nav-v0", model=wm, depth=True, collisions=True)
     obs, info = env.reset(seed=0)
     assert obs["depth"].shape == (32, 32) and obs["depth"].dtype == np.float32
     assert env.observation_space.contains(obs) and info["collided"] is False
@@ -194,15 +194,18 @@ def test_nav_env_depth_observation_and_predicted_collisions():
     off.unwrapped.core.depth[0] = 0.3
     obs, _, _, _, info = off.step(np.array([0, 0, 1.0, 0, 0, 0], np.float32))
     assert "depth" not in obs and not info["collided"]
-    with pytest.raises(ValueError, match="need a world model with a depth head"):
-        gym.make("SanaWM/Nav-v0", model=tiny_world_model(), depth=True)
+    for kwargs in ({"depth": True}, {"collisions": True}):
+        with pytest.raises(ValueError, match="need a world model with a depth head"):
+            gym.make("SanaWM/Nav-v0", model=tiny_world_model(), **kwargs)
+    with pytest.raises(ValueError, match="collisions must be True or False"):
+        gym.make("SanaWM/Nav-v0", model=wm, collisions=None)
     with pytest.raises(ValueError, match="collision_points"):
         gym.make("SanaWM/Nav-v0", model=wm, collision_points=0)
 
 
 def test_depth_env_conforms_and_snapshots_restore_the_depth(tmp_path):
     wm = depth_model()
-    env = gym.make("SanaWM/Nav-v0", model=wm, depth=True)
+    env = gym.make("SanaWM/Nav-v0", model=wm, depth=True, collisions=True)
     check_env(env.unwrapped, skip_render_check=True)
     env.reset(seed=1)
     env.step(np.array([0, 0, 0.5, 0, 0.3, 0], np.float32))
@@ -226,7 +229,8 @@ def test_depth_env_conforms_and_snapshots_restore_the_depth(tmp_path):
 
 def test_vector_env_predicts_collisions_per_row():
     wm = depth_model()
-    envs = gym.make_vec("SanaWM/Nav-v0", num_envs=2, vectorization_mode="vector_entry_point", model=wm, depth=True)
+    envs = gym.make_vec("SanaWM/Nav-v0", num_envs=2, vectorization_mode="vector_entry_point", model=wm, depth=True,
+                        collisions=True)
     obs, _ = envs.reset(seed=0)
     assert obs["depth"].shape == (2, 32, 32)
     envs.unwrapped.core.depth[0] = 0.3

@@ -417,7 +417,8 @@ def test_depth_observation_and_collisions_are_logged(tmp_path, tiny_model):
     head = DepthHead(DepthHeadConfig(latent_channels=4, width=8, blocks=1, up_widths=(8, 4)))
     model = WorldModel(tiny_model.autoencoder, tiny_model.backbone, tiny_model.sample_steps, depth_head=head)
     path = tmp_path / "depth.rrd"
-    env = RerunRecorder(gym.make("SanaWM/Nav-v0", model=model, depth=True), "rrd", path=path, application_id="test_depth")
+    env = RerunRecorder(gym.make("SanaWM/Nav-v0", model=model, depth=True, collisions=True), "rrd", path=path,
+                        application_id="test_depth")
     obs, _ = env.reset(seed=0)
     env.unwrapped.core.depth[0] = 0.3  # a wall just ahead: the next forward step collides
     obs, _, _, _, info = env.step(np.array([0, 0, 1.0, 0, 0, 0], np.float32))
