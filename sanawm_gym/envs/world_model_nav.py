@@ -125,10 +125,10 @@ class NavConfig:
     """Predict collisions from the generated depth (:mod:`sanawm_gym.depth_collision`; needs a
     model with a depth head, as the packaged ones have): the reference world's camera-sphere
     rule against the points the last chunk's depth shows; translation stops,
-    ``info["collided"]`` is set and the collision penalty applies. Off by default: on
-    held-out driving episodes the packaged model's predictions reach a recall of 0.32 and a
-    precision of 0.47 (the rule itself, on exact depth: 0.99 / 1.00; docs/RESULTS.md), so
-    they would stop an agent in open space about as often as at a wall."""
+    ``info["collided"]`` is set and the collision penalty applies. Off by default: on 48
+    held-out driving episodes the packaged model's predictions reach a recall of 0.37 and a
+    precision of 0.78 (the rule itself, on exact depth: 0.99 / 1.00; docs/RESULTS.md): they
+    miss most collisions and one stop in five is spurious."""
     collision_points: int = 8
     """Depth pixels (sampled every second pixel of the last chunk's K maps) that must come
     within the camera radius of a frame's path for a predicted collision (calibrated on
