@@ -252,6 +252,7 @@ def test_single_env_recording_reads_back(tmp_path):
         "/world/trajectory": every_call,  # Clear at the reset, then the strip
         "/metrics/distance": every_call,
         "/metrics/reward": every_step,
+        "/metrics/collided": every_step,  # the reference world's exact collisions
         "/world/goal": [0],
         **{f"/world/scene/{name}": [0] for name in SCENE},  # once: the episode has one scene
         "/topdown/map": [0],
