@@ -112,7 +112,7 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
             else:
                 rgb = torch.from_numpy(np.stack([np.asarray(o.rgb) for o in out])).permute(0, 1, 4, 2, 3)
                 latent, encoder_cache = wm.autoencoder.encode_step(rgb.float() / 127.5 - 1.0, encoder_cache)
-                depth = wm._depth(latent)[:, 0]
+                depth = wm.decode_depth(latent)[:, 0]
         pose, chunk_poses = true_chunks[:, -1], true_chunks
         for e in range(episodes):
             ref = np.asarray(render(scenes[e], pose[e], K, H, W).depth)

@@ -4,8 +4,9 @@
 A pretrained folder holds two ``save_pretrained`` folders, ``autoencoder/`` and
 ``backbone/`` (safetensors weights + JSON config each; the backbone's records the sampling
 steps and shift), and optionally a third, ``depth/``, the autoencoder's depth head
-(:mod:`world_model.autoencoder.depth`), which gives every generated chunk its depth. ``WorldModel.from_pretrained()`` with no argument loads the default
-checkpoint shipped inside the package (``world_model/weights``).
+(:mod:`world_model.autoencoder.depth`), which gives every generated chunk its depth.
+``WorldModel.from_pretrained()`` with no argument loads the default checkpoint shipped
+inside the package (``world_model/weights``).
 
 The simulator state :class:`WorldState` is an explicit dataclass of tensors: the
 backbone's streaming state (fixed size), the autoencoder's decode cache, the reference
@@ -278,8 +279,10 @@ class WorldModel(nn.Module):
         """Whether the model has a depth head (then ``step(..., depth=True)`` works)."""
         return self.depth_head is not None
 
-    def _depth(self, latents: torch.Tensor) -> np.ndarray:
-        """``(B, T, C, h, w)`` latents -> float32 depth in metres ``(B, T, K, H, W)``."""
+    @torch.no_grad()
+    def decode_depth(self, latents: torch.Tensor) -> np.ndarray:
+        """``(B, T, C, h, w)`` latents (normalised, as the backbone makes them) -> the depth
+        head's float32 depth in metres ``(B, T, K, H, W)``; ``ValueError`` without a head."""
         if self.depth_head is None:
             raise ValueError("this world model has no depth head (no depth/ folder in its checkpoint); the packaged "
                              "models have one")
@@ -374,7 +377,7 @@ class WorldModel(nn.Module):
         state = WorldState(stream, cache, ref, K)
         if not depth:
             return (frames if clip else frames[:, 0]), state
-        d = self._depth(latents)  # (B, 1 + n, K, H, W): latent 0's maps are all frame 0's
+        d = self.decode_depth(latents)  # (B, 1 + n, K, H, W): latent 0's maps are all frame 0's
         d = np.concatenate([d[:, :1, -1], d[:, 1:].reshape(B, -1, *d.shape[-2:])], 1)  # (B, F, H, W)
         return (frames if clip else frames[:, 0]), state, (d if clip else d[:, 0])
 
@@ -428,7 +431,7 @@ class WorldModel(nn.Module):
         new = dataclasses.replace(state, stream=stream, decode=cache)
         if not depth:
             return _to_video(frames), new
-        return _to_video(frames), new, self._depth(latent)[:, 0]
+        return _to_video(frames), new, self.decode_depth(latent)[:, 0]
 
     @torch.no_grad()
     def generate_video(self, first_frame: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, steps: int | None = None,
