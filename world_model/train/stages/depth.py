@@ -176,7 +176,8 @@ class DepthStage(Stage):
         return self._ae
 
     def world_model(self):
-        """The rollout model (``rollout_model``), its autoencoder replaced by this stage's."""
+        """The rollout model (``rollout_model``): only its backbone and sampler settings are
+        used; the first frames it starts from are encoded by this stage's autoencoder."""
         if self._model is None and self.config.rollout_model:
             from world_model.world_model import WorldModel
 
