@@ -38,18 +38,13 @@ from sanawm_gym.reference_world import render
 from sanawm_gym.reference_world.collision import obstacle_sweep
 from sanawm_gym.reference_world.trajectories import driving_actions
 
-__all__ = ["DEPTH_SOURCES", "collision_policy_actions", "evaluate_collisions", "format_collisions"]
+__all__ = ["DEPTH_SOURCES", "evaluate_collisions", "format_collisions"]
 
 DEPTH_SOURCES = ("generated", "clean", "exact")
 """Where the predicting depth comes from (see the module docstring)."""
 
 NEAR_M = 2.0
 """Reference depth below which a pixel counts as near (metres)."""
-
-
-def collision_policy_actions(index: int, steps: int, seed: int) -> np.ndarray:
-    """The planar actions of episode ``index``: :func:`~sanawm_gym.reference_world.trajectories.driving_actions`."""
-    return driving_actions(index, steps, seed)
 
 
 def _episode_start(seed: int, index: int):
@@ -80,7 +75,7 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
     scenes = [s for s, _ in starts]
     sweeps = [obstacle_sweep(s) for s in scenes]
     pose = np.stack([p for _, p in starts])  # (E, 4, 4)
-    actions = np.stack([collision_policy_actions(i, steps, seed) for i in range(episodes)])  # (E, T, 2)
+    actions = np.stack([driving_actions(i, steps, seed) for i in range(episodes)])  # (E, T, 2)
     first = np.stack([np.asarray(render(s, p, K, H, W).rgb) for s, p in starts])
     depth = np.stack([np.repeat(np.asarray(render(s, p, K, H, W).depth)[None], motion.frames_per_step, 0)
                       for s, p in starts]).astype(np.float32)
@@ -104,8 +99,10 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
             for m in min_points:
                 predicted[m][e, t] = move_chunk(pose[e], twist[e], motion, points_sweep(points, m)).collided
         _, state, depth = wm.step(state, true_chunks, generator=g, precision=precision, depth=True)
+        # the exact render at the true poses: the chunk's last frame (the reference depth), all K for other sources
+        out = [render(scenes[e], true_chunks[e, -1 if depth_source == "generated" else 0:], K, H, W)
+               for e in range(episodes)]
         if depth_source != "generated":
-            out = [render(scenes[e], true_chunks[e], K, H, W) for e in range(episodes)]
             if depth_source == "exact":
                 depth = np.minimum(np.nan_to_num(np.stack([np.asarray(o.depth) for o in out]), posinf=max_depth),
                                    max_depth).astype(np.float32)
@@ -115,7 +112,7 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
                 depth = wm.decode_depth(latent)[:, 0]
         pose, chunk_poses = true_chunks[:, -1], true_chunks
         for e in range(episodes):
-            ref = np.asarray(render(scenes[e], pose[e], K, H, W).depth)
+            ref = np.asarray(out[e].depth[-1])
             ref = np.minimum(np.nan_to_num(ref, posinf=max_depth), max_depth)
             rel = np.abs(depth[e, -1] - ref) / ref
             abs_rel[e, t] = rel.mean()

@@ -241,7 +241,8 @@ def test_vector_env_predicts_collisions_per_row():
 
 # --------------------------------------------------------------------------- evaluation
 def test_collision_evaluation_reports_recall_precision_and_depth_error(monkeypatch):
-    from sanawm_gym.collision_eval import collision_policy_actions, evaluate_collisions, format_collisions
+    from sanawm_gym.collision_eval import evaluate_collisions, format_collisions
+    from sanawm_gym.reference_world.trajectories import driving_actions
 
     wm = depth_model()
     report = evaluate_collisions(wm, episodes=2, steps=3, seed=5000, min_points=(1, 8), horizons=(0.5,))
@@ -251,9 +252,9 @@ def test_collision_evaluation_reports_recall_precision_and_depth_error(monkeypat
         assert r["true_positives"] + r["false_negatives"] == report["positives"]
     assert np.isfinite(report["depth"]["0.5s"]["abs_rel"])
     assert "recall" in format_collisions(report)
-    forward = collision_policy_actions(0, 5, 1)
+    forward = driving_actions(0, 5, 1)
     assert (forward[:, 0] == 1).all() and np.ptp(forward[:, 1]) == 0
-    smooth = collision_policy_actions(1, 50, 1)
+    smooth = driving_actions(1, 50, 1)
     assert (smooth[:, 0] >= 0).all() and (np.abs(smooth[:, 1]) <= 1).all() and np.ptp(smooth[:, 1]) > 0.1
     with pytest.raises(ValueError, match="no depth head"):
         evaluate_collisions(tiny_world_model(), episodes=1, steps=1)
