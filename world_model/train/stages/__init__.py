@@ -11,6 +11,7 @@ __all__ = ["STAGES", "stage_class"]
 STAGES = {
     "autoencoder": "world_model.train.stages.autoencoder:AutoencoderStage",
     "teacher": "world_model.train.stages.teacher:TeacherStage",
+    "ode": "world_model.train.stages.ode:OdeStage",
     "self_forcing": "world_model.train.stages.self_forcing:SelfForcingStage",
     "depth": "world_model.train.stages.depth:DepthStage",
 }

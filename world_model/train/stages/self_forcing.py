@@ -25,7 +25,8 @@ student's own chunks, against the frozen teacher's score. Both read the rollout 
 their own streaming states. The critic shares the student's optimizer, learning rate and
 gradient clipping (one backward pass over disjoint parameters) and is updated once per
 student update; Self-Forcing updates its critic five times per generator update. The
-ODE-regression stage before this one is not built: the student starts from the teacher.
+student starts from ``--init-from``: the teacher itself, or the output of the ODE-regression
+stage (:mod:`world_model.train.stages.ode`), SANA-WM's first distillation stage.
 
 Sampler times (``sampling_times(steps, shift=3)``): 1 step goes from ``t = 1`` straight to
 the clean estimate; 2 steps visit ``t = 1, 0.75, 0``. Per env step a student of ``s`` steps
