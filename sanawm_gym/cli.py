@@ -269,6 +269,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+RESETS = 3
+"""Seeded resets timed per mode by ``bench env``."""
+
+
 def _bench_vector_env(args: argparse.Namespace) -> int:
     """Frames/s of the batched world-model env at several batch sizes, side by side: every
     ``--model`` (for example the default student beside ``teacher``) x every mode."""
@@ -282,28 +286,35 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
 
     names = args.model or ["default"]
     models = {name: _load_model(args, name) for name in names}
-    modes = [(p, c == "on", t, w == "on") for w in args.collisions for t in args.threads for c in args.compile
-             for p in args.precision]
+    from sanawm_gym.envs.world_model_nav import NavConfig
+
+    contexts = args.context_seconds or [NavConfig().context_seconds]
+    modes = [(p, c == "on", t, w == "on", s) for s in contexts for w in args.collisions
+             for t in args.threads for c in args.compile for p in args.precision]
     passes = ", ".join(f"{name}: {m.sample_steps} sampler step{'s' * (m.sample_steps > 1)} + 1 commit pass"
                        for name, m in models.items())
     print(f"SanaWM/Nav-v0 native vector env, backbone passes per step ({passes}), "
           f"{next(iter(models.values())).config.frames_per_latent} frames per step; precision 'auto' is "
           f"{resolve_precision('auto')} here (native bf16 matrix units: {'yes' if has_native_bf16() else 'no'}); "
           f"threads 'auto': 1 below 16 envs, else all CPUs; x N=1 compares within one model and mode, x base with "
-          f"the first model and mode at the same N")
+          f"the first model and mode at the same N; reset: ms per seeded reset of all N envs (the look-around "
+          f"context rendered and committed), the mean of {RESETS}")
     width = max(5, *(len(n) for n in names))
     print(f"{'envs':>5} {'model':>{width}} {'precision':>9} {'compile':>7} {'threads':>7} {'collide':>7} "
-          f"{'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x base':>7}")
+          f"{'context':>7} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x base':>7} {'reset ms':>9}")
     first_n: dict[tuple, float] = {}
     for n in args.num_envs:
         base = None
         for name, model in models.items():
-            for precision, compiled, threads, walls in modes:
+            for precision, compiled, threads, walls, context in modes:
                 chosen = inference_threads(n, None if threads == "auto" else int(threads))
                 venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
                                     precision=precision, compile=compiled, threads=chosen,
-                                    collisions=walls and model.has_depth)
-                venv.reset(seed=args.seed)
+                                    collisions=walls and model.has_depth, context_seconds=context)
+                t0 = time.perf_counter()
+                for i in range(RESETS):
+                    venv.reset(seed=args.seed + RESETS - 1 - i)  # the last one: args.seed, as before
+                reset_ms = (time.perf_counter() - t0) / RESETS * 1e3
                 actions = np.random.default_rng(args.seed).uniform(-1, 1, (args.env_steps + 1, n, 6)).astype(np.float32)
                 venv.step(actions[0])  # warm-up (and, compiled, the build)
                 t0 = time.perf_counter()
@@ -311,13 +322,14 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
                     venv.step(a)
                 dt = time.perf_counter() - t0
                 frames = n * args.env_steps * model.config.frames_per_latent / dt
-                first_n.setdefault((name, precision, compiled, threads, walls), frames)
+                mode = (name, precision, compiled, threads, walls, context)
+                first_n.setdefault(mode, frames)
                 base = base or frames
                 shown = venv.unwrapped.core.precision + ("*" if precision == "auto" else "")
                 predicted = "on" if venv.unwrapped.core.collisions else "off"
                 print(f"{n:>5} {name:>{width}} {shown:>9} {'on' if compiled else 'off':>7} {torch.get_num_threads():>7} "
-                      f"{predicted:>7} {n * args.env_steps / dt:>9.1f} {frames:>9.1f} "
-                      f"{frames / first_n[name, precision, compiled, threads, walls]:>6.1f}x {frames / base:>6.2f}x",
+                      f"{predicted:>7} {venv.unwrapped.core.config.context_seconds:>6g}s {n * args.env_steps / dt:>9.1f} "
+                      f"{frames:>9.1f} {frames / first_n[mode]:>6.1f}x {frames / base:>6.2f}x {reset_ms:>9.1f}",
                       flush=True)
                 venv.close()
     if "auto" in args.precision:
@@ -445,7 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "`on` builds the compiled passes once per batch size and precision (untimed)")
     b.add_argument("--collisions", nargs="+", default=["off"], choices=["off", "on"],
                    help="`bench env`: collisions predicted from the generated depth (on: where the model has a "
-                        "depth head) and/or off (the env's default), side by side")
+                        "depth head) and/or off, side by side")
+    b.add_argument("--context-seconds", type=float, nargs="+", default=None, metavar="S",
+                   help="`bench env`: look-around context at each seeded reset, in seconds (0: the first frame "
+                        "alone), side by side (default: the env's)")
     b.add_argument("--sizes", type=COUNT, nargs="+", default=[64, 128], help="render sizes in pixels, >= 1")
     b.add_argument("--batch", type=COUNT, default=64, help="cameras per render call, >= 1")
     b.add_argument("--repeats", type=COUNT, default=5, help="timed render calls per size, >= 1")

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sanawm_gym.depth_collision import depth_points, points_sweep
-from sanawm_gym.kinematics import MotionConfig, action_to_twist, move_chunk, planar_to_body
+from sanawm_gym.depth_collision import SurfaceMemory, depth_points, points_sweep, surface_reach
+from sanawm_gym.kinematics import MotionConfig, action_to_twist, look_around, move_chunk, planar_to_body
 from sanawm_gym.reference_world import render
 from sanawm_gym.reference_world.collision import obstacle_sweep
 from sanawm_gym.reference_world.trajectories import driving_actions
@@ -57,7 +57,8 @@ def _episode_start(seed: int, index: int):
 def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 5000,
                         min_points: tuple[int, ...] = (8,), precision: str = "float32",
                         horizons: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0), noise_seed: int = 0,
-                        depth_source: str = "generated") -> dict[str, Any]:
+                        depth_source: str = "generated", memory: tuple[bool, ...] = (True,),
+                        context_seconds: float = 0.0) -> dict[str, Any]:
     """Run the episodes (see the module docstring) with the world model ``wm`` (it needs a
     depth head) and return the report: per threshold ``recall``, ``precision``,
     ``first_contact_recall`` and the counts; ``depth`` errors by horizon; per-episode labels."""
@@ -76,17 +77,32 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
     sweeps = [obstacle_sweep(s) for s in scenes]
     pose = np.stack([p for _, p in starts])  # (E, 4, 4)
     actions = np.stack([driving_actions(i, steps, seed) for i in range(episodes)])  # (E, T, 2)
-    first = np.stack([np.asarray(render(s, p, K, H, W).rgb) for s, p in starts])
-    depth = np.stack([np.repeat(np.asarray(render(s, p, K, H, W).depth)[None], motion.frames_per_step, 0)
-                      for s, p in starts]).astype(np.float32)
-    depth = np.minimum(np.nan_to_num(depth, posinf=max_depth), max_depth)
-    chunk_poses = np.repeat(pose[:, None], motion.frames_per_step, 1)
-    _, state = wm.init_state(first, pose, np.repeat(K[None], episodes, 0), precision)
-    video = torch.from_numpy(first[:, None]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    # the start as the env resets: a look-around context ending at the start pose (or the first frame alone)
+    context = [look_around(p, context_seconds, motion.fps, motion.frames_per_step) for _, p in starts]
+    shown = [render(s, c, K, H, W) for (s, _), c in zip(starts, context)]
+    clip = np.stack([np.asarray(o.rgb) for o in shown])  # (E, 1 + K n, H, W, 3)
+    known = np.minimum(np.nan_to_num(np.stack([np.asarray(o.depth) for o in shown]), posinf=max_depth), max_depth)
+    first, k = clip[:, -1], motion.frames_per_step
+    if clip.shape[1] >= k:  # the last step's depth and poses: the context's last K frames, as the env's
+        depth, chunk_poses = known[:, -k:].astype(np.float32), np.stack(context)[:, -k:]
+    else:
+        depth, chunk_poses = np.repeat(known[:, -1:], k, 1).astype(np.float32), np.repeat(pose[:, None], k, 1)
+    if clip.shape[1] > 1:
+        _, state = wm.init_state(clip, np.stack(context), np.repeat(K[None], episodes, 0), precision)
+    else:
+        _, state = wm.init_state(first, pose, np.repeat(K[None], episodes, 0), precision)
+    video = torch.from_numpy(clip).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
     _, encoder_cache = wm.autoencoder.encode_step(video)  # the clean source's streaming encoder
     g = torch.Generator().manual_seed(noise_seed)
     truth = np.zeros((episodes, steps), bool)
-    predicted = {m: np.zeros((episodes, steps), bool) for m in min_points}
+    labels = {(k, m): str(m) if len(memory) == 1 else f"{m}, {'with' if k else 'no'} memory" for k in memory
+              for m in min_points}
+    predicted = {key: np.zeros((episodes, steps), bool) for key in labels}
+    memories = [SurfaceMemory() for _ in range(episodes)]  # the geometry known at reset: the start's exact depth
+    for e in range(episodes):
+        memories[e].add(depth_points(known[e], context[e], K, 2, max_depth))
+    nothing = SurfaceMemory()
+    reach = surface_reach(motion)
     abs_rel = np.full((episodes, steps), np.nan)
     near_rel = np.full((episodes, steps), np.nan)
     for t in range(steps):
@@ -95,9 +111,11 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
         for e in range(episodes):
             real = move_chunk(pose[e], twist[e], motion, sweeps[e])
             true_chunks[e], truth[e, t] = real.poses, real.collided
-            points = depth_points(depth[e], chunk_poses[e], K, 2, max_depth)
-            for m in min_points:
-                predicted[m][e, t] = move_chunk(pose[e], twist[e], motion, points_sweep(points, m)).collided
+            fresh = depth_points(depth[e], chunk_poses[e], K, 2, max_depth)
+            for k in memory:
+                known, seen = (memories[e] if k else nothing).near_split(pose[e, :3, 3], reach, fresh)
+                for m in min_points:
+                    predicted[k, m][e, t] = move_chunk(pose[e], twist[e], motion, points_sweep(seen, m, known)).collided
         _, state, depth = wm.step(state, true_chunks, generator=g, precision=precision, depth=True)
         # the exact render at the true poses: the chunk's last frame (the reference depth), all K for other sources
         out = [render(scenes[e], true_chunks[e, -1 if depth_source == "generated" else 0:], K, H, W)
@@ -119,11 +137,11 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
             near = ref < NEAR_M
             near_rel[e, t] = rel[near].mean() if near.any() else np.nan
     report: dict[str, Any] = {"episodes": episodes, "steps": steps, "seed": seed, "positives": int(truth.sum()),
-                              "depth_source": depth_source, "thresholds": {}}
+                              "depth_source": depth_source, "context_seconds": context_seconds, "thresholds": {}}
     first_contact = truth & ~np.concatenate([np.zeros((episodes, 1), bool), truth[:, :-1]], 1)
-    for m, pred in predicted.items():
+    for (k, m), pred in predicted.items():
         tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
-        report["thresholds"][str(m)] = {
+        report["thresholds"][labels[k, m]] = {"min_points": m, "memory": k,
             "recall": tp / max(tp + fn, 1), "precision": tp / max(tp + fp, 1),
             "first_contact_recall": int((pred & first_contact).sum()) / max(int(first_contact.sum()), 1),
             "true_positives": tp, "false_positives": fp, "false_negatives": fn,

@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
                    "default: the default one")
     p.add_argument("--suite", choices=sorted(SUITES), default="short",
                    help="without --data: the fidelity suite to run (short: about 5-10 min on 2 cores; long adds 60 s clips)")
-    p.add_argument("--context-seconds", type=float, default=0.0,
-                   help="the suite's still and revisit clips start with a look-around of this length, given to the "
-                        "model as a clean context clip (0: the first frame alone; 4: a full turn)")
+    p.add_argument("--context-seconds", type=float, default=None,
+                   help="the suite's still and revisit clips and the collision episodes start with a look-around of "
+                        "this length, given to the model as a clean context clip (0: the first frame alone; 4: a full "
+                        "turn; default: the env's, NavConfig.context_seconds)")
     p.add_argument("--data-root", type=Path, default=Path("outputs/heldout"),
                    help="folder of the suite's held-out sets (written resumably, clip by clip)")
     p.add_argument("--data", type=Path, default=None, help="score this one held-out dataset folder instead of the suite")
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collision-points", type=int, nargs="+", default=None, metavar="M",
                    help="with --collisions: thresholds to score (depth points within the camera radius; default: "
                         "the env's)")
+    p.add_argument("--collision-memory", nargs="+", default=["on"], choices=["on", "off"],
+                   help="with --collisions: keep the surfaces known at reset (the start's exact depth) for the "
+                        "episode, as the env does (on), or predict from the last chunk's depth alone (off); both: "
+                        "side by side")
     p.add_argument("--collision-depth", choices=("generated", "clean", "exact"), default="generated",
                    help="with --collisions: predict from the generated depth (the env's), the depth head on the exact "
                         "frames' latents (the head alone) or the exact depth (the rule alone)")
@@ -91,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as exc:
             p.error(f"argument --compare: {type(exc).__name__}: {exc}")
         return 0
+    if args.context_seconds is None:
+        from sanawm_gym.envs.world_model_nav import NavConfig
+
+        args.context_seconds = NavConfig.context_seconds
     if not 0 <= args.context_seconds <= 30:
         p.error(f"argument --context-seconds: must be in [0, 30] seconds, got {args.context_seconds:g}")
     if args.clips < 1:
@@ -174,7 +183,9 @@ def _evaluate_collisions(args: argparse.Namespace, wm: WorldModel) -> int:
     t0 = time.perf_counter()
     try:
         report = evaluate_collisions(wm, args.clips, steps, args.seed, points, args.precision,
-                                     depth_source=args.collision_depth)
+                                     depth_source=args.collision_depth,
+                                     memory=tuple(m == "on" for m in args.collision_memory),
+                                     context_seconds=args.context_seconds)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     report["seconds_taken"] = time.perf_counter() - t0

@@ -58,11 +58,12 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
     rows = [line.split()[:1] + line.split()[2:] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "bfloat16", "off"], ["2", "float32", "off"],
                                      ["2", "bfloat16", "off"]]
-    assert rows[0][-2:] == ["1.0x", "1.00x"] and rows[1][-2] == "1.0x" and float(rows[1][-1][:-1]) > 0
+    assert rows[0][-3:-1] == ["1.0x", "1.00x"] and rows[1][-3] == "1.0x" and float(rows[1][-2][:-1]) > 0
+    assert all(float(r[-1]) > 0 for r in rows)  # ms per reset
     stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "--env-steps", "2",
                      "--precision", "float32", "--compile", "off", "on")
     rows = [line.split()[:1] + line.split()[2:] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "float32", "on"]] and float(rows[1][-1][:-1]) > 0
+    assert [r[:3] for r in rows] == [["1", "float32", "off"], ["1", "float32", "on"]] and float(rows[1][-2][:-1]) > 0
     stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), "--num-envs", "1", "--env-steps", "2",
                      "--precision", "auto", "--threads", "auto", "2")
     assert "precision 'auto' is " in stdout and "* chosen by precision='auto'" in stdout
@@ -76,7 +77,7 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
     assert "1 sampler step + 1 commit pass" in stdout and "2 sampler steps + 1 commit pass" in stdout
     rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[1] for r in rows] == [str(tmp_path / "wm"), str(tmp_path / "wm2")]
-    assert rows[0][-1] == "1.00x" and rows[1][-2] == "1.0x" and float(rows[1][-1][:-1]) > 0
+    assert rows[0][-2] == "1.00x" and rows[1][-3] == "1.0x" and float(rows[1][-2][:-1]) > 0
     # with a depth head, predicted collisions off and on side by side (a model without one: off either way)
     from world_model.autoencoder.depth import DepthHead, DepthHeadConfig
 
@@ -87,6 +88,11 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
                      "--env-steps", "2", "--precision", "float32", "--collisions", "off", "on")
     rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[5] for r in rows] == ["off", "on", "off", "off"]
+    # look-around contexts side by side (seeded resets: the reference world renders them)
+    stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm3"), "--num-envs", "1", "--env-steps", "2",
+                     "--precision", "float32", "--context-seconds", "0", "1")
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[6] for r in rows] == ["0s", "1s"] and all(float(r[-1]) > 0 for r in rows)
 
 
 # ------------------------------------------------------------------------ in-process checks

@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 
 import sanawm_gym  # noqa: F401
 from sanawm_gym.dataset import write_dataset
-from sanawm_gym.depth_collision import depth_points, points_sweep
+from sanawm_gym.depth_collision import SurfaceMemory, depth_points, points_sweep, surface_reach, surface_sweep
 from sanawm_gym.kinematics import MotionConfig, move_chunk
 from sanawm_gym.reference_world import SceneConfig, generate_scene, render
 from sanawm_gym.reference_world.collision import obstacle_sweep, signed_distance
@@ -161,10 +161,75 @@ def test_points_sweep_with_exact_depth_stops_where_the_scene_does():
     assert not points_sweep(np.zeros((0, 3)))(np.zeros((2, 3)), np.ones((2, 3)), 0.2).any()
 
 
+def test_surface_memory_keeps_one_point_per_voxel_fixed_in_size_and_finds_what_is_near():
+    rng = np.random.default_rng(0)
+    memory = SurfaceMemory(voxel=0.1, capacity=400)
+    for _ in range(6):
+        memory.add(rng.uniform(-1, 1, (300, 3)))
+        cells = np.floor(memory.points / 0.1)
+        assert len(np.unique(cells, axis=0)) == len(memory) <= 400  # one point per voxel, never more than capacity
+        assert (np.diff(memory.keys) > 0).all()
+    # the earliest added go first: the last batch is all still there
+    last = rng.uniform(-1, 1, (50, 3))
+    memory.add(last)
+    assert {tuple(c) for c in np.floor(last / 0.1)} <= {tuple(c) for c in np.floor(memory.points / 0.1)}
+    # the latest point seen in a voxel is the one kept, where it is (not the voxel's centre)
+    one = SurfaceMemory(voxel=0.1)
+    one.add(np.array([[0.01, 0.02, 0.03], [0.05, 0.05, 0.05], [np.nan, 0, 0]]))
+    np.testing.assert_array_equal(one.points, [[0.05, 0.05, 0.05]])
+    # near == brute force, and extra points count once per voxel the memory lacks
+    for _ in range(20):
+        c, r = rng.uniform(-1, 1, 3), rng.uniform(0.05, 1.0)
+        brute = memory.points[((memory.points - c) ** 2).sum(-1) <= r * r]
+        got = memory.near(c, r)
+        assert len(got) == len(brute) and np.allclose(np.sort(got, 0), np.sort(brute, 0))
+    extra = np.array([[5.01, 5.01, 5.01], [5.02, 5.02, 5.02], memory.points[0] + 1e-4])
+    near = memory.near(np.array([5.0, 5.0, 5.0]), 0.2, extra)
+    np.testing.assert_array_equal(near, [[5.01, 5.01, 5.01]])
+    assert len(memory.near(memory.points[0], 1e-3, extra)) == 1  # the voxel is held: its own point only
+    # a snapshot's state restores exactly; anything else is refused with the reason
+    again = SurfaceMemory(voxel=0.1, capacity=400)
+    again.restore(memory.state())
+    np.testing.assert_array_equal(again.keys, memory.keys) and np.testing.assert_array_equal(again.points, memory.points)
+    for bad in (np.zeros((3, 2)), np.full((2, 3), np.nan), np.zeros((500, 3)), np.zeros((2, 3), np.float32),
+                np.zeros((2, 3))):
+        with pytest.raises(ValueError, match="surface memory"):
+            again.restore(bad)
+    with pytest.raises(ValueError, match="voxel"):
+        SurfaceMemory(voxel=0)
+
+
+def test_surface_sweep_remembers_a_wall_the_last_chunk_no_longer_shows():
+    motion = MotionConfig()
+    K = intrinsics_from_fov(90, 64, 64).numpy()
+    scene, pose = _facing_wall(0.35)
+    memory = SurfaceMemory()
+    memory.add(depth_points(np.asarray(render(scene, pose, K, 64, 64).depth), pose, K, 2, 24.0))
+    blind = np.full((4, 64, 64), 24.0, np.float32)  # the last chunk shows nothing near
+    chunk = np.repeat(pose[None], 4, 0)
+    twist = np.array([0, 0, 1.0, 0, 0, 0])
+    exact = move_chunk(pose, twist, motion, obstacle_sweep(scene))
+    kept = move_chunk(pose, twist, motion, surface_sweep(memory, blind, chunk, K, pose[:3, 3], surface_reach(motion), 1,
+                                                         24.0))
+    forgot = move_chunk(pose, twist, motion, surface_sweep(SurfaceMemory(), blind, chunk, K, pose[:3, 3],
+                                                           surface_reach(motion), 1, 24.0))
+    assert exact.collided and kept.collided and not forgot.collided
+    np.testing.assert_allclose(kept.poses[:, :3, 3], exact.poses[:, :3, 3], atol=1e-9)
+    # a remembered point touches alone; the last chunk's points take min_points of them
+    sees = np.asarray(render(scene, chunk, K, 64, 64).depth, np.float32)
+    for memory_, threshold, stops in ((memory, 10**6, True), (SurfaceMemory(), 1, True), (SurfaceMemory(), 10**6, False)):
+        sweep = surface_sweep(memory_, sees, chunk, K, pose[:3, 3], surface_reach(motion), threshold, 24.0)
+        assert move_chunk(pose, twist, motion, sweep).collided == stops
+    known, fresh = memory.near_split(pose[:3, 3], 0.4, depth_points(sees, chunk, K, 2, 24.0))
+    assert len(known) > 0 and len(fresh) == 0  # the chunk shows the remembered wall: its voxels are held
+    assert surface_reach(motion) == pytest.approx(0.2 + math.sqrt(3) * 0.25)
+
+
 # --------------------------------------------------------------------------------- env
 def test_nav_env_depth_observation_and_predicted_collisions():
     wm = depth_model()
-    assert not gym.make("SanaWM/Nav-v0", model=wm).unwrapped.core.collisions  # off by default
+    assert gym.make("SanaWM/Nav-v0", model=wm).unwrapped.core.collisions  # on by default with a depth head ...
+    assert not gym.make("SanaWM/Nav-v0", model=tiny_world_model()).unwrapped.core.collisions  # ... off without one
     env = gym.make("SanaWM/Nav-v0", model=wm, depth=True, collisions=True)
     obs, info = env.reset(seed=0)
     assert obs["depth"].shape == (32, 32) and obs["depth"].dtype == np.float32
@@ -197,8 +262,8 @@ def test_nav_env_depth_observation_and_predicted_collisions():
     for kwargs in ({"depth": True}, {"collisions": True}):
         with pytest.raises(ValueError, match="need a world model with a depth head"):
             gym.make("SanaWM/Nav-v0", model=tiny_world_model(), **kwargs)
-    with pytest.raises(ValueError, match="collisions must be True or False"):
-        gym.make("SanaWM/Nav-v0", model=wm, collisions=None)
+    with pytest.raises(ValueError, match="collisions must be True, False or None"):
+        gym.make("SanaWM/Nav-v0", model=wm, collisions="yes")
     with pytest.raises(ValueError, match="collision_points"):
         gym.make("SanaWM/Nav-v0", model=wm, collision_points=0)
 
@@ -224,6 +289,49 @@ def test_depth_env_conforms_and_snapshots_restore_the_depth(tmp_path):
     bad = env.unwrapped.get_state()
     bad.depth = bad.depth[:2]
     with pytest.raises(ValueError, match="snapshot depth"):
+        env.unwrapped.set_state(bad)
+
+
+def test_nav_env_remembers_the_surfaces_known_at_reset(tmp_path):
+    wm = depth_model()
+    env = gym.make("SanaWM/Nav-v0", model=wm, collisions=True)
+    _, info = env.reset(seed=3)
+    core = env.unwrapped.core
+    # the memory holds the exact render's surfaces of the frames the episode starts from: the
+    # look-around context (4 s by default: a full turn) ending at the start pose
+    from sanawm_gym.kinematics import look_around
+
+    c2w = look_around(core.pose[0], core.config.context_seconds, core.motion.fps, core.motion.frames_per_step)
+    assert len(c2w) == 65  # 4 s at 16 frames/s, and the start
+    exact = np.asarray(render(core.scenes[0], c2w, core.intrinsics, 32, 32).depth)
+    expected = SurfaceMemory()
+    expected.add(depth_points(np.minimum(np.nan_to_num(exact, posinf=core.max_depth), core.max_depth), c2w,
+                              core.intrinsics, 2, core.max_depth))
+    np.testing.assert_array_equal(core.surfaces[0].points, expected.points)
+    # a wall it remembers 0.3 m ahead stops the camera though the last chunk shows nothing near
+    pose = info["pose"]
+    wall = pose[:3, 3] + 0.3 * pose[:3, 2] + np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 13), np.linspace(-0.3, 0.3, 13)),
+                                                      -1).reshape(-1, 2) @ np.stack([pose[:3, 0], pose[:3, 1]])
+    core.surfaces[0].clear()
+    core.surfaces[0].add(wall)
+    core.depth[0] = 20.0
+    snap = env.unwrapped.get_state()
+    assert snap.surface.shape == (len(core.surfaces[0]), 3)
+    _, _, _, _, info = env.step(np.array([0, 0, 1.0, 0, 0, 0], np.float32))
+    assert info["collided"] and np.linalg.norm(info["pose"][:3, 3] - pose[:3, 3]) == pytest.approx(0.0625, abs=1e-6)
+    # the snapshot (and its file) carries the memory; a new episode starts a new one
+    env.unwrapped.save_state(tmp_path / "s")
+    env.reset(seed=4)
+    env.unwrapped.load_state(tmp_path / "s")
+    np.testing.assert_array_equal(core.surfaces[0].points, snap.surface)
+    env.unwrapped.set_state(snap)
+    core.depth[0] = 20.0
+    assert env.step(np.array([0, 0, 1.0, 0, 0, 0], np.float32))[4]["collided"]
+    env.reset(seed=4)
+    assert not np.array_equal(core.surfaces[0].points[:10], snap.surface[:10])
+    bad = env.unwrapped.get_state()
+    bad.surface = bad.surface[:, :2]
+    with pytest.raises(ValueError, match="surface memory"):
         env.unwrapped.set_state(bad)
 
 

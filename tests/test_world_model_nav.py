@@ -155,7 +155,9 @@ def test_vector_env_matches_single_envs_and_autoresets(model):
     assert flags[-1].all() and not flags[0].any()  # TimeLimit equivalent inside the vector env
     for i in range(N):
         single, _ = rollout(make(model), 10 + i, actions[:, i])
-        np.testing.assert_array_equal(np.stack(vec_frames)[:, i], single)
+        # the same episode; a batched matmul may sum in another order: one grey level at most
+        diff = np.abs(np.stack(vec_frames)[:, i].astype(int) - single)
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
     # Next-step autoreset: the following step resets every row (reward 0, fresh episode).
     obs, r, term, trunc, info = venv.step(actions[0])
     assert (r == 0).all() and not term.any() and not trunc.any()
@@ -406,7 +408,7 @@ def test_context_clips_at_reset_keep_the_state_size_and_match_the_model(model):
 
     env = make(model, context_seconds=1.0, precision="float32")
     obs, info = env.reset(seed=4)
-    plain = make(model, precision="float32")
+    plain = make(model, context_seconds=0.0, precision="float32")
     _, plain_info = plain.reset(seed=4)
     np.testing.assert_array_equal(info["pose"], plain_info["pose"])  # the same start, seen after a look around
     np.testing.assert_array_equal(obs["rgb"], plain.reset(seed=4)[0]["rgb"])

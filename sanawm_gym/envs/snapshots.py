@@ -58,6 +58,10 @@ class NavSnapshot:
     depth: np.ndarray | None = None
     """``(K, H, W)`` float32: the last chunk's depth (metres), where the env uses depth (the
     ``depth`` observation, predicted collisions); else None."""
+    surface: np.ndarray | None = None
+    """``(M, 3)`` float64: the surfaces known at reset, one point per voxel
+    (:meth:`SurfaceMemory.state <sanawm_gym.depth_collision.SurfaceMemory.state>`), where the
+    env predicts collisions; else None."""
 
     kind = "nav"
 
@@ -65,7 +69,7 @@ class NavSnapshot:
     def nbytes(self) -> int:
         """Bytes of the snapshot's arrays and tensors (independent of the episode's length)."""
         arrays = [self.pose, self.chunk_poses, self.goal, self.bounds, self.frames, self.torch_generator_state.numpy()]
-        arrays += [self.depth] if self.depth is not None else []
+        arrays += [a for a in (self.depth, self.surface) if a is not None]
         return self.world.nbytes + sum(a.nbytes for a in arrays)
 
     def _parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -75,6 +79,8 @@ class NavSnapshot:
                        frames=torch.from_numpy(self.frames), torch_generator_state=self.torch_generator_state)
         if self.depth is not None:
             tensors["depth"] = torch.from_numpy(np.ascontiguousarray(self.depth))
+        if self.surface is not None:
+            tensors["surface"] = torch.from_numpy(np.ascontiguousarray(self.surface))
         data = {"decode_frames": self.world.decode.latent_frames, "distance": self.distance,
                 "path_length": self.path_length, "geodesic_distance": _json_float(self.geodesic_distance),
                 "steps": self.steps, "scene_seed": self.scene_seed, "np_random_state": self.np_random_state}
@@ -88,7 +94,8 @@ class NavSnapshot:
                    tensors["bounds"].numpy(), float(data["distance"]), float(data["path_length"]),
                    float(data["geodesic_distance"]), int(data["steps"]), data["scene_seed"], data["np_random_state"],
                    tensors["torch_generator_state"], tensors["frames"].numpy(),
-                   tensors["depth"].numpy() if "depth" in tensors else None)
+                   tensors["depth"].numpy() if "depth" in tensors else None,
+                   tensors["surface"].numpy() if "surface" in tensors else None)
 
 
 @dataclass

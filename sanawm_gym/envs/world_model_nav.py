@@ -26,7 +26,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 
-from sanawm_gym.depth_collision import depth_points, points_sweep
+from sanawm_gym.depth_collision import SurfaceMemory, depth_points, surface_reach, surface_sweep
 from sanawm_gym.envs.actions import ACTION_MODES, make_action_space, to_body_action
 from sanawm_gym.envs.checks import check_image, check_options, check_pose
 from sanawm_gym.envs.snapshots import NavSnapshot, read_snapshot, write_snapshot
@@ -113,26 +113,32 @@ class NavConfig:
     threads: int | None = None
     """Torch threads (process-wide, set when the env is built); ``None``: 1 below 16 envs,
     all the process's CPUs from 16 (see :func:`inference_threads`)."""
-    context_seconds: float = 0.0
+    context_seconds: float = 4.0
     """A seeded reset first shows the model a look around of this length, rendered by the
     reference world and ending at the start pose (:func:`~sanawm_gym.kinematics.look_around`;
-    4 s: a full turn), committed into the state as clean context; 0: the first frame alone."""
+    4 s, the default: a full turn), committed into the state as clean context; 0: the first
+    frame alone. Chosen by measurement (docs/RESULTS.md): a full turn is neutral for the
+    imagined frames (-0.3 to +0.1 dB on the fidelity suite's still and revisit sets) and its
+    exact depth is what lets predicted collisions find the walls (held-out recall 0.91
+    against 0.79 without)."""
     depth: bool = False
     """Add the ``depth`` observation: float32 z-depth in metres, ``(H, W)`` (``(K, H, W)`` in
     chunk mode), of each generated chunk as the model's depth head predicts it (the exact
     render's after a seeded reset, as for ``rgb``); sky is the head's ``max_depth``."""
-    collisions: bool = False
-    """Predict collisions from the generated depth (:mod:`sanawm_gym.depth_collision`; needs a
-    model with a depth head, as the packaged ones have): the reference world's camera-sphere
-    rule against the points the last chunk's depth shows; translation stops,
-    ``info["collided"]`` is set and the collision penalty applies. Off by default: on 48
-    held-out driving episodes the packaged model's predictions reach a recall of 0.37 and a
-    precision of 0.78 (the rule itself, on exact depth: 0.99 / 1.00; docs/RESULTS.md): they
-    miss most collisions and one stop in five is spurious."""
-    collision_points: int = 8
-    """Depth pixels (sampled every second pixel of the last chunk's K maps) that must come
-    within the camera radius of a frame's path for a predicted collision (calibrated on
-    training seeds: docs/RESULTS.md)."""
+    collisions: bool | None = None
+    """Predict collisions in imagination (:mod:`sanawm_gym.depth_collision`): the reference
+    world's camera-sphere rule against the surfaces known at reset (the exact depth of the
+    frames a seeded episode starts from, its look-around context included, kept for the
+    episode) and those the last generated chunk's depth shows; translation stops,
+    ``info["collided"]`` is set and the collision penalty applies. ``None`` (the default):
+    on where the model has a depth head (the packaged ones have); ``True`` needs one. On 48
+    held-out driving episodes with the default 4 s look-around, the packaged model's
+    predictions reach a recall of 0.91 and a precision of 0.92 (without the look-around
+    0.79 / 0.88; from the last chunk's depth alone 0.29 / 0.77; docs/RESULTS.md)."""
+    collision_points: int = 1
+    """Surface points (one per 5 cm voxel, from depth pixels sampled every second pixel)
+    that must come within the camera radius of a frame's path for a predicted collision
+    (1: any; chosen on training seeds, confirmed held out: docs/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         if self.action_mode not in ACTION_MODES:
@@ -147,9 +153,12 @@ class NavConfig:
         if isinstance(self.collision_points, bool) or not isinstance(self.collision_points, numbers.Integral) or \
                 self.collision_points < 1:
             raise ValueError(f"collision_points must be an integer >= 1, got {self.collision_points!r}")
-        for name in ("reference_frames", "timing_info", "compile", "depth", "collisions"):
+        for name in ("reference_frames", "timing_info", "compile", "depth"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.collisions is not None and not isinstance(self.collisions, bool):
+            raise ValueError(f"collisions must be True, False or None (on where the model has a depth head), got "
+                             f"{self.collisions!r}")
         if isinstance(self.context_seconds, bool) or not isinstance(self.context_seconds, numbers.Real) or \
                 not 0 <= self.context_seconds <= 30:
             raise ValueError(f"context_seconds must be a number in [0, 30], got {self.context_seconds!r}")
@@ -182,7 +191,8 @@ class NavCore:
     """N point-goal episodes in imagination, stepped together.
 
     Rows have their own numpy generator (scenes, goals) and torch generator (model noise),
-    so a row evolves the same whether it runs alone or in a batch.
+    so a row evolves the same whether it runs alone or in a batch (its frames up to one grey
+    level: a batched matmul may sum in another order, as with another thread count).
     """
 
     def __init__(self, num_envs: int, config: NavConfig, model=None):
@@ -209,7 +219,8 @@ class NavCore:
             raise ValueError("depth=True and collisions=True need a world model with a depth head (a depth/ folder in "
                              "its checkpoint; the packaged models have one)")
         self.depth_obs = cfg.depth
-        self.collisions = cfg.collisions
+        self.collisions = has_depth if cfg.collisions is None else cfg.collisions
+        """Whether collisions are predicted (``NavConfig.collisions`` resolved for this model)."""
         self.max_depth = float(self.model.depth_head.config.max_depth) if has_depth else np.inf
         spaces_ = {
             "rgb": spaces.Box(0, 255, rgb_shape, np.uint8),
@@ -235,6 +246,9 @@ class NavCore:
         self.needs_depth = cfg.depth or self.collisions
         self.depth = np.full((N, K, self.height, self.width), self.max_depth if has_depth else 0.0, np.float32)
         """``(N, K, H, W)`` the last chunk's depth (metres), when the env uses depth."""
+        self.surfaces = [SurfaceMemory() for _ in range(N)]
+        """Per row, the surfaces known at reset (with ``collisions``): the depth of the frames the
+        episode started from, kept for the episode (:class:`~sanawm_gym.depth_collision.SurfaceMemory`)."""
         self.collided = np.zeros(N, bool)
         self.state = None
 
@@ -273,7 +287,7 @@ class NavCore:
                                         Ks, self.precision, depth=predict)
             self.state = out[1]
             for i, r in enumerate(rows):
-                self._set_reset_depth(r, exact[i], out[2][i : i + 1] if predict else None)
+                self._set_reset_depth(r, exact[i], out[2][i : i + 1] if predict else None, clip_poses[i])
             return
         for i, (r, clip, c2w) in enumerate(zip(rows, clips, clip_poses)):  # context clips, of any lengths
             frames = clip[None] if len(clip) > 1 else clip
@@ -284,17 +298,23 @@ class NavCore:
                 self.state = row_state.select([0] * self.num_envs)
             else:
                 self.state = self.state.with_rows([r], row_state)
-            self._set_reset_depth(r, exact[i], out[2][0] if predict else None)
+            self._set_reset_depth(r, exact[i], out[2][0] if predict else None, clip_poses[i])
 
-    def _set_reset_depth(self, r: int, exact: np.ndarray | None, predicted: np.ndarray | None) -> None:
+    def _set_reset_depth(self, r: int, exact: np.ndarray | None, predicted: np.ndarray | None,
+                         c2w: np.ndarray) -> None:
         """Row ``r``'s depth after a reset: the last K frames of ``exact`` (the render's) or of
-        ``predicted`` (the head's), the first frame repeated when there are fewer."""
+        ``predicted`` (the head's), the first frame repeated when there are fewer; with
+        ``collisions``, all of the frames' surfaces (taken at ``c2w (1 + K n, 4, 4)``) become
+        the row's surface memory."""
         if not self.needs_depth:
             return
         d = exact if exact is not None else predicted
+        d = np.minimum(np.nan_to_num(d, posinf=self.max_depth), self.max_depth)
         K = self.motion.frames_per_step
-        d = d[-K:] if len(d) >= K else np.repeat(d[-1:], K, 0)
-        self.depth[r] = np.minimum(np.nan_to_num(d, posinf=self.max_depth), self.max_depth)
+        self.depth[r] = d[-K:] if len(d) >= K else np.repeat(d[-1:], K, 0)
+        if self.collisions:
+            self.surfaces[r].clear()
+            self.surfaces[r].add(depth_points(d, c2w, self.intrinsics, 2, self.max_depth))
     def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, ...]:
         """``(clip (1 + K n, H, W, 3), its poses (1 + K n, 4, 4), goal, bounds, depth)`` of a
         new episode (``depth``: the render's ``(1 + K n, H, W)`` for a seeded scene, else
@@ -374,10 +394,12 @@ class NavCore:
         twist = action_to_twist(body, self.motion)
         chunk = integrate_twist(self.pose, twist, self.motion.dt, self.motion.frames_per_step)  # (N, K, 4, 4)
         collided = np.zeros(N, bool)
-        if self.collisions:  # the reference world's rule, against what the last chunk's depth shows
+        if self.collisions:  # the reference world's rule, against what reset showed and the last chunk shows
+            reach = surface_reach(self.motion)
             for r in np.flatnonzero(active & (np.abs(body[:, :3]).sum(1) > 0)):
-                points = depth_points(self.depth[r], self.chunk_poses[r], self.intrinsics, 2, self.max_depth)
-                motion = move_chunk(self.pose[r], twist[r], self.motion, points_sweep(points, self.config.collision_points))
+                sweep = surface_sweep(self.surfaces[r], self.depth[r], self.chunk_poses[r], self.intrinsics,
+                                      self.pose[r, :3, 3], reach, self.config.collision_points, self.max_depth)
+                motion = move_chunk(self.pose[r], twist[r], self.motion, sweep)
                 chunk[r], collided[r] = motion.poses, motion.collided
         noise = torch.cat([torch.randn(self.model.noise_shape(1), generator=g) if a else torch.zeros(self.model.noise_shape(1))
                            for g, a in zip(self.torch_gens, active)])
@@ -444,7 +466,8 @@ class NavCore:
                            self.bounds[r].copy(), float(self.distance[r]), float(self.path_length[r]),
                            float(self.geodesic[r]), int(self.steps[r]), self.scene_seed[r],
                            self.rngs[r].bit_generator.state, self.torch_gens[r].get_state(), self.frames[r].copy(),
-                           self.depth[r].copy() if self.needs_depth else None)
+                           self.depth[r].copy() if self.needs_depth else None,
+                           self.surfaces[r].state() if self.collisions else None)
 
     def set_row(self, r: int, snap: NavSnapshot) -> None:
         if not isinstance(snap, NavSnapshot):
@@ -458,6 +481,10 @@ class NavCore:
         self.collided[r] = False
         if self.needs_depth:  # a snapshot of an env without depth: nothing known in view until the next step
             self.depth[r] = snap.depth if snap.depth is not None else self.max_depth
+        if self.collisions:  # ... and no surfaces known from the reset
+            self.surfaces[r].clear()
+            if snap.surface is not None:
+                self.surfaces[r].restore(snap.surface)
         self.distance[r], self.path_length[r], self.steps[r] = snap.distance, snap.path_length, snap.steps
         self.geodesic[r] = snap.geodesic_distance
         if snap.scene_seed is not None and (snap.scene_seed != self.scene_seed[r] or self.scenes[r] is None):
@@ -490,6 +517,8 @@ class NavCore:
                                        not np.isfinite(snap.depth).all() or (snap.depth < 0).any()):
             raise ValueError(f"snapshot depth must be finite non-negative float32 {(K, self.height, self.width)}, got "
                              f"{snap.depth.dtype} {snap.depth.shape}")
+        if snap.surface is not None:
+            SurfaceMemory().restore(snap.surface)  # raises ValueError naming the problem
         if snap.pose.shape != (4, 4) or snap.chunk_poses.shape != (K, 4, 4) or snap.goal.shape != (3,):
             raise ValueError("snapshot pose / chunk_poses / goal have the wrong shapes: "
                              f"{snap.pose.shape}, {snap.chunk_poses.shape}, {snap.goal.shape}")
@@ -538,14 +567,16 @@ _DOC_SECTIONS = """
 
     ## Rewards
     As the reference env: progress toward the goal, minus a step cost, plus a success bonus,
-    minus ``collision_penalty`` on a collision. With ``collisions=True`` **collisions are
-    predicted** from the depth the model generated for the last chunk
-    (:mod:`sanawm_gym.depth_collision`; off by default): the reference world's rule (the camera is a
-    sphere of ``camera_radius``; the translation stops at the first frame whose motion would
-    touch, the rotation goes on) against the points that depth shows, so walls and objects
-    in view stop the camera, but what is behind or beside it is not known, and the
-    prediction is only as right as the imagined depth (measured recall and precision:
-    docs/RESULTS.md). Distances are Euclidean on the pose, not geodesic in the imagined
+    minus ``collision_penalty`` on a collision. **Collisions are predicted** (``collisions``,
+    on by default where the model has a depth head): the reference world's rule (the camera
+    is a sphere of ``camera_radius``; the translation stops at the first frame whose motion
+    would touch, the rotation goes on) against the surfaces the episode knows: those its
+    start showed (for a seeded scene the exact depth of the first frame and of the
+    look-around context; for a user's image or clip the depth head's reading of it), kept
+    for the episode, and those the model's depth head reads in the last generated chunk. So
+    walls and objects seen at the start or in view stop the camera; what neither showed is
+    not known, and what only imagination shows is only as right as the imagined depth
+    (measured recall and precision: docs/RESULTS.md). Distances are Euclidean on the pose, not geodesic in the imagined
     scene. Leaving the task's bounds (see Episode End) costs ``collision_penalty`` and ends
     the episode.
 
@@ -596,15 +627,15 @@ _ARGUMENTS = """
 
     ``info``: ``pose``, ``chunk_poses``, ``goal``, ``distance``, ``success``,
     ``out_of_bounds``, ``path_length``, ``action_clipped``, ``geodesic_distance``,
-    ``scene_seed``, ``collided`` (with ``collisions=True``, predicted from the generated
-    depth, see Rewards; else always False), and with the options above
+    ``scene_seed``, ``collided`` (predicted where ``collisions`` is on, see Rewards; else
+    always False), and with the options above
     ``reference_rgb`` / ``generation_time_s``.
 
     ## Snapshots
     ``get_state()`` / ``set_state(snapshot)`` (a :class:`NavSnapshot`: the model's one-row
     state, pose, goal, counters, random generators, the last chunk's depth where the env
-    uses it; its size does not grow with the
-    episode) and ``save_state(path)`` / ``load_state(path)`` (safetensors + JSON, no
+    uses it and, with collisions, the surfaces known at reset; its size does not grow with
+    the episode) and ``save_state(path)`` / ``load_state(path)`` (safetensors + JSON, no
     pickle; bit-exact across processes). ``set_state`` checks what it restores: shapes and
     dtypes of the model state (a float32 snapshot restores into a bfloat16 env and back,
     the tensors converted), finite values, the intrinsics and frame size; else ``ValueError``.
