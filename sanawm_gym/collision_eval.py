@@ -5,9 +5,12 @@ suite draws them): even episodes drive **forward into** walls and objects (full 
 small constant turn), odd ones follow a **smooth random** policy (forward speed and turn
 rate drift as Ornstein-Uhlenbeck processes). Each step:
 
-1. the env's prediction: the proposed chunk swept against the points of the depth the
-   model generated for the last chunk (:mod:`sanawm_gym.depth_collision`), for each
-   ``min_points`` threshold asked for;
+1. the env's prediction: the proposed chunk swept against the surfaces the start showed
+   (``memory``: the exact depth of the first frame and of the look-around context of
+   ``context_seconds``, which the model is also given as its clean context, as the env
+   does) and the points of the depth the model generated for the last chunk
+   (:mod:`sanawm_gym.depth_collision`), for each ``min_points`` threshold asked for (one
+   remembered point touches; the generated depth's take ``min_points``);
 2. the truth: the same chunk swept against the scene (:func:`obstacle_sweep`);
 3. both worlds move along the **true** motion (the reference's, stopped at walls), so the
    model imagines the poses the reference camera really takes and the two stay paired;
@@ -21,8 +24,8 @@ the exact render, as in the env after a seeded reset.
 
 ``depth_source`` takes the prediction apart: ``generated`` (what the env does), ``clean``
 (the depth head on the autoencoder's latents of the *exact* frames: the head alone, no
-imagination) and ``exact`` (the render's depth: the rule alone, which misses only what is
-out of view).
+imagination), ``exact`` (the render's depth: the rule alone, which misses only what is
+out of view) and ``none`` (no depth of the last chunk: the memory alone).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from sanawm_gym.reference_world.trajectories import driving_actions
 
 __all__ = ["DEPTH_SOURCES", "evaluate_collisions", "format_collisions"]
 
-DEPTH_SOURCES = ("generated", "clean", "exact")
+DEPTH_SOURCES = ("generated", "clean", "exact", "none")
 """Where the predicting depth comes from (see the module docstring)."""
 
 NEAR_M = 2.0
@@ -111,16 +114,16 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
         for e in range(episodes):
             real = move_chunk(pose[e], twist[e], motion, sweeps[e])
             true_chunks[e], truth[e, t] = real.poses, real.collided
-            fresh = depth_points(depth[e], chunk_poses[e], K, 2, max_depth)
+            fresh = depth_points(depth[e], chunk_poses[e], K, 2, max_depth) if depth_source != "none" else None
             for k in memory:
                 known, seen = (memories[e] if k else nothing).near_split(pose[e, :3, 3], reach, fresh)
                 for m in min_points:
                     predicted[k, m][e, t] = move_chunk(pose[e], twist[e], motion, points_sweep(seen, m, known)).collided
         _, state, depth = wm.step(state, true_chunks, generator=g, precision=precision, depth=True)
         # the exact render at the true poses: the chunk's last frame (the reference depth), all K for other sources
-        out = [render(scenes[e], true_chunks[e, -1 if depth_source == "generated" else 0:], K, H, W)
+        out = [render(scenes[e], true_chunks[e, -1 if depth_source in ("generated", "none") else 0:], K, H, W)
                for e in range(episodes)]
-        if depth_source != "generated":
+        if depth_source in ("clean", "exact"):
             if depth_source == "exact":
                 depth = np.minimum(np.nan_to_num(np.stack([np.asarray(o.depth) for o in out]), posinf=max_depth),
                                    max_depth).astype(np.float32)

@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --collisions: keep the surfaces known at reset (the start's exact depth) for the "
                         "episode, as the env does (on), or predict from the last chunk's depth alone (off); both: "
                         "side by side")
-    p.add_argument("--collision-depth", choices=("generated", "clean", "exact"), default="generated",
+    p.add_argument("--collision-depth", choices=("generated", "clean", "exact", "none"), default="generated",
                    help="with --collisions: predict from the generated depth (the env's), the depth head on the exact "
-                        "frames' latents (the head alone) or the exact depth (the rule alone)")
+                        "frames' latents (the head alone), the exact depth (the rule alone) or no depth of the last "
+                        "chunk (the memory alone)")
     args = p.parse_args(argv)
     if args.compare:
         try:

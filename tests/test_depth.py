@@ -360,6 +360,13 @@ def test_collision_evaluation_reports_recall_precision_and_depth_error(monkeypat
         assert r["true_positives"] + r["false_negatives"] == report["positives"]
     assert np.isfinite(report["depth"]["0.5s"]["abs_rel"])
     assert "recall" in format_collisions(report)
+    # the memory alone (no depth of the last chunk) predicts only real surfaces: precision 1;
+    # with neither memory nor depth nothing is predicted
+    alone = evaluate_collisions(wm, episodes=2, steps=6, seed=5000, min_points=(1,), horizons=(0.5,),
+                                depth_source="none", memory=(True, False), context_seconds=1.0)
+    assert alone["context_seconds"] == 1.0 and set(alone["thresholds"]) == {"1, with memory", "1, no memory"}
+    assert alone["thresholds"]["1, with memory"]["false_positives"] == 0
+    assert alone["thresholds"]["1, no memory"]["true_positives"] + alone["thresholds"]["1, no memory"]["false_positives"] == 0
     forward = driving_actions(0, 5, 1)
     assert (forward[:, 0] == 1).all() and np.ptp(forward[:, 1]) == 0
     smooth = driving_actions(1, 50, 1)
