@@ -7,7 +7,7 @@ The policy is Stable-Baselines3's PPO with a ``MultiInputPolicy`` (a CNN on the 
 frame, an MLP on the goal vector) trained on the native batched env through
 :class:`sanawm_gym.envs.sb3.SB3VecEnv` (one world-model forward per step for all envs).
 Evaluation runs the trained policy on the same seeded episodes in ``SanaWM/Nav-v0``
-(imagination: distances on the integrated pose, no collisions) and in
+(imagination: distances on the integrated pose, collisions predicted) and in
 ``SanaWM/ReferenceNav-v0`` (the exactly rendered world, with collisions) and prints
 success, SPL and final distance for both, the way model-based RL papers report transfer.
 """

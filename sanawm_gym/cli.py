@@ -180,8 +180,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env.close()
     fps = base.core.motion.fps if imagined_env else base.motion.fps
     video = write_video(out_dir / "demo.mp4", frames, fps=fps)
-    where = "Euclidean on the integrated pose: collisions are unknown in imagination" if imagined_env else \
-        "Euclidean, camera centre to goal"
+    where = ("Euclidean on the integrated pose; collisions predicted" if base.core.collisions else
+             "Euclidean on the integrated pose; collisions off") if imagined_env else "Euclidean, camera centre to goal"
     print(f"{args.env} seed={args.seed}: success={info['success']} distance_to_goal={info['distance']:.2f} m ({where}) "
           f"steps={steps} path_length={info['path_length']:.2f} m env_steps_per_s={steps / max(step_seconds, 1e-9):.1f}"
           + (f" generation_s_per_step={generation_seconds / steps:.3f}" if imagined_env else ""))

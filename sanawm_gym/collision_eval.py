@@ -173,9 +173,12 @@ def _precision(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def format_collisions(report: dict[str, Any]) -> str:
     """The report as a short table."""
+    source = report.get("depth_source", "generated")
+    context = report.get("context_seconds", 0.0)
     lines = [f"collisions: {report['episodes']} episodes (seed {report['seed']}) of {report['steps']} steps, "
-             f"{report['positives']} colliding steps in the reference world; predicted from the "
-             f"{report.get('depth_source', 'generated')} depth",
+             f"{report['positives']} colliding steps in the reference world; predicted from "
+             + ("no depth of the last chunk" if source == "none" else f"the {source} depth of the last chunk")
+             + f" and (with memory) the surfaces of the start's exact depth, a look-around of {context:g} s before it",
              f"{'min points':>10} {'recall':>7} {'precision':>10} {'first contacts':>15} {'forward rec':>12} "
              f"{'smooth rec':>11} {'smooth prec':>12}"]
     for m, r in report["thresholds"].items():
@@ -184,7 +187,8 @@ def format_collisions(report: dict[str, Any]) -> str:
                      f"{r['smooth_recall']:>11.3f} {r['smooth_precision']:>12.3f}")
     depth = report.get("depth", {})
     if depth:
-        lines.append(f"{report.get('depth_source', 'generated')} depth, abs. relative error (all pixels / nearer than "
+        scored = "generated" if source == "none" else source  # with no depth used, the generated one is scored
+        lines.append(f"{scored} depth, abs. relative error (all pixels / nearer than "
                      "2 m) at "
                      + ", ".join(f"{h}: {d['abs_rel']:.3f} / {d['near_abs_rel']:.3f}" for h, d in depth.items()))
     return "\n".join(lines)
