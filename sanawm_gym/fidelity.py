@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.out}/<set>/")
         return 0
     H, W = wm.image_hw
-    write_dataset(args.data, args.clips, frames, height=H, width=W, seed=args.seed, progress=True)
+    try:
+        write_dataset(args.data, args.clips, frames, height=H, width=W, seed=args.seed, progress=True)
+    except ValueError as exc:  # a folder holding another set: say so, and how to resume
+        p.error(f"argument --data: {exc}")
     heldout = PosedVideoDataset(args.data, frames, random_crop=False)
     t0 = time.perf_counter()
     with autocast(args.precision):

@@ -81,6 +81,17 @@ def test_fidelity_command_runs_the_suite_without_data(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "fidelity suite 'short'" in out and out.count("still") >= 2
     assert (tmp_path / "o" / "report.json").is_file()
+    # the default context is the env's; a --data folder holding another set is refused, not a traceback
+    from sanawm_gym.envs.world_model_nav import NavConfig
+
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["context_seconds"] == NavConfig.context_seconds
+    monkeypatch.setenv("SANAWM_RENDER_BACKEND", "eager")
+    args = ["--model", str(tmp_path / "wm"), "--data", str(tmp_path / "set"), "--clips", "1", "--seconds", "0.25"]
+    assert main(args + ["--seed", "1000", "--out", str(tmp_path / "e")]) == 0
+    with pytest.raises(SystemExit):
+        main(args + ["--seed", "2000"])
+    err = capsys.readouterr().err
+    assert "argument --data:" in err and "seed: 1000 in the folder, 2000 requested" in err
 
 
 def test_look_around_turns_in_place_and_ends_at_the_pose():
