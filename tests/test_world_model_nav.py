@@ -436,3 +436,20 @@ def test_context_clips_at_reset_keep_the_state_size_and_match_the_model(model):
     venv.reset(seed=4)
     for _ in range(3):
         venv.step(np.zeros((2, 6), np.float32))
+    # One reset of rows with clips of two lengths and an image: every row's state is the
+    # model's own init_state of its clip.
+    venv = gym.make_vec("SanaWM/Nav-v0", num_envs=4, vectorization_mode="vector_entry_point", model=model,
+                        precision="float32")
+    venv.reset(seed=0)
+    core = venv.unwrapped.core
+    long = np.concatenate([frames, frames[1:]])  # 1 + 8 frames
+    long_c2w = look_around(info["pose"], 0.5)
+    given = [{"context": {"frames": frames, "c2w": c2w}}, {"context": {"frames": long, "c2w": long_c2w}},
+             {"image": frames[0], "pose": info["pose"]}, {"context": {"frames": long[::-1].copy(), "c2w": long_c2w}}]
+    core.reset_rows([0, 1, 2, 3], [np.random.default_rng(i) for i in range(4)], given)
+    for r, opts in enumerate(given):
+        clip = opts["context"]["frames"][None] if "context" in opts else opts["image"][None]
+        poses = opts["context"]["c2w"][None] if "context" in opts else opts["pose"][None]
+        _, own = model.init_state(clip, poses, core.intrinsics[None], "float32")
+        for k, v in own.tensors().items():
+            torch.testing.assert_close(core.state.tensors()[k][r : r + 1], v, rtol=1e-4, atol=1e-5, msg=f"row {r} {k}")

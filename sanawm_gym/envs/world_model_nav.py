@@ -315,6 +315,7 @@ class NavCore:
         if self.collisions:
             self.surfaces[r].clear()
             self.surfaces[r].add(depth_points(d, c2w, self.intrinsics, 2, self.max_depth))
+
     def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, ...]:
         """``(clip (1 + K n, H, W, 3), its poses (1 + K n, 4, 4), goal, bounds, depth)`` of a
         new episode (``depth``: the render's ``(1 + K n, H, W)`` for a seeded scene, else
