@@ -38,7 +38,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -53,7 +53,7 @@ from world_model.diffusion import commit_chunk, sampling_times
 from world_model.generation import slice_camera
 from world_model.model import CameraInputs, WorldModelBackbone
 from world_model.train.stage import Batch, Logs
-from world_model.train.stages.teacher import LatentClips, TeacherStage, TeacherStageConfig
+from world_model.train.stages.teacher import LatentClips, StudentStage, StudentStageConfig
 from world_model.world_model import load_backbone
 
 __all__ = ["OdeObjective", "OdePairs", "OdeStage", "OdeStageConfig", "ode_grid", "ode_pairs"]
@@ -62,18 +62,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class OdeStageConfig(TeacherStageConfig):
-    """The teacher stage's options (data, autoencoder, architecture, evaluation) plus the
-    student's and the pairs'. ``init_from`` must name the student's starting point (as a
-    rule the teacher itself); ``sample_steps`` is ignored in favour of ``student_steps``."""
+class OdeStageConfig(StudentStageConfig):
+    """The distillation stages' options (:class:`StudentStageConfig`: data, autoencoder,
+    architecture, evaluation, the student's steps and lengths; ``progressive`` gives
+    prefixes of the teacher's rollouts, made at the longest length) plus the pairs'.
+    ``init_from`` names the student's starting point (as a rule the teacher itself)."""
 
-    student_steps: int = 1
-    """Euler steps of the student's sampler (1 or 2 in SANA-WM's distilled models)."""
-    progressive: tuple[int, ...] = (17,)
-    """Latent frames per training item (prefixes of the teacher's rollouts, which are
-    generated at the longest length)."""
-    progressive_epochs: tuple[int, ...] = field(default=())
-    """Epochs spent at each length but the last."""
     ode_teacher: str = ""
     """The teacher that makes the pairs: a world-model or backbone folder or a packaged
     model's name (``teacher``); empty: ``init_from``."""
@@ -86,8 +80,6 @@ class OdeStageConfig(TeacherStageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.student_steps < 1:
-            raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
         if self.teacher_steps < 1:
             raise ValueError(f"teacher_steps must be >= 1, got {self.teacher_steps}")
         if self.pair_batch < 1:
@@ -200,17 +192,11 @@ class OdeObjective(nn.Module):
                       "loss_last_frame": error[:, -1].detach().mean()}
 
 
-class OdeStage(TeacherStage):
+class OdeStage(StudentStage):
     """See the module docstring."""
 
     name = "ode"
     config_class = OdeStageConfig
-
-    def __init__(self, train, config: OdeStageConfig) -> None:
-        super().__init__(train, config)
-        if not config.init_from:
-            raise ValueError("the ode stage starts the student from a model: pass --init-from (a world-model folder, "
-                             "a backbone folder, 'shipped' or 'teacher'; as a rule the teacher)")
 
     def build_model(self) -> nn.Module:
         start = super().build_model()  # the backbone, initialised from --init-from, and the checks
@@ -276,12 +262,3 @@ class OdeStage(TeacherStage):
     def train_dataset(self) -> Dataset:
         cfg = self.config
         return OdePairs(self._pairs(), cfg.model.frames_per_latent, cfg.progressive, cfg.progressive_epochs)
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, heldout, out_dir, step: int) -> dict[str, float]:
-        return self._evaluate_with(model, heldout, out_dir, step, self.config.student_steps)
-
-    @torch.no_grad()
-    def export(self, model: nn.Module, out_dir, extra) -> None:
-        self._export_with(model, out_dir, {**extra, "student_steps": self.config.student_steps},
-                          self.config.student_steps)

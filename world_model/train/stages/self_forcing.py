@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -50,24 +50,20 @@ from world_model.diffusion import commit_chunk, sampling_times, shift_time
 from world_model.generation import slice_camera
 from world_model.model import CameraInputs, WorldModelBackbone
 from world_model.train.stage import Batch, Logs
-from world_model.train.stages.teacher import TeacherStage, TeacherStageConfig
+from world_model.train.stages.teacher import StudentStage, StudentStageConfig
 from world_model.world_model import load_backbone
 
 __all__ = ["SelfForcingObjective", "SelfForcingStage", "SelfForcingStageConfig", "dmd_losses", "student_rollout"]
 
 
 @dataclass(frozen=True)
-class SelfForcingStageConfig(TeacherStageConfig):
-    """The teacher stage's options (data, autoencoder, architecture, evaluation) plus the
-    student's. ``init_from`` must name the teacher; ``sample_steps`` is ignored in favour of
-    ``student_steps`` (evaluation and export use the student's)."""
+class SelfForcingStageConfig(StudentStageConfig):
+    """The distillation stages' options (:class:`StudentStageConfig`: data, autoencoder,
+    architecture, evaluation, the student's steps and rollout lengths) plus DMD's.
+    ``init_from`` names the teacher (or an ``ode`` stage's student)."""
 
     student_steps: int = 2
     """Euler steps of the student's sampler (1 or 2 in SANA-WM's distilled models)."""
-    progressive: tuple[int, ...] = (17,)
-    """Latent frames per rollout (the teacher stage's progressive schedule)."""
-    progressive_epochs: tuple[int, ...] = field(default=())
-    """Epochs spent at each length but the last."""
 
     dmd_weight: float = 0.0
     """Weight of the DMD loss beside the regression onto the exact render (0: off). DMD
@@ -85,8 +81,6 @@ class SelfForcingStageConfig(TeacherStageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.student_steps < 1:
-            raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
         if self.dmd_weight < 0 or self.regression_weight < 0 or self.dmd_weight + self.regression_weight <= 0:
             raise ValueError(f"dmd_weight and regression_weight must be >= 0 and not both 0, got {self.dmd_weight} "
                              f"and {self.regression_weight}")
@@ -225,17 +219,11 @@ class SelfForcingObjective(nn.Module):
         return loss, logs
 
 
-class SelfForcingStage(TeacherStage):
+class SelfForcingStage(StudentStage):
     """See the module docstring."""
 
     name = "self_forcing"
     config_class = SelfForcingStageConfig
-
-    def __init__(self, train, config: SelfForcingStageConfig) -> None:
-        super().__init__(train, config)
-        if not config.init_from:
-            raise ValueError("the self_forcing stage starts from a teacher: pass --init-from (a world-model folder, "
-                             "a backbone folder, or 'shipped')")
 
     def build_model(self) -> nn.Module:
         teacher = super().build_model()  # the backbone, initialised from --init-from, and the checks
@@ -250,12 +238,3 @@ class SelfForcingStage(TeacherStage):
                                  f"({'; '.join(differ)})")
         return SelfForcingObjective(teacher.backbone, cfg.student_steps, cfg.sample_shift, teacher.image_hw, real,
                                     cfg.dmd_weight, cfg.regression_weight)
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, heldout, out_dir, step: int) -> dict[str, float]:
-        return self._evaluate_with(model, heldout, out_dir, step, self.config.student_steps)
-
-    @torch.no_grad()
-    def export(self, model: nn.Module, out_dir, extra) -> None:
-        self._export_with(model, out_dir, {**extra, "student_steps": self.config.student_steps},
-                          self.config.student_steps)

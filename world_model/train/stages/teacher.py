@@ -41,7 +41,7 @@ from world_model.scoring import evaluate_rollouts, save_horizon_plot
 from world_model.train.stage import Batch, Logs, Stage
 from world_model.world_model import component_folder, load_backbone
 
-__all__ = ["LatentClips", "TeacherObjective", "TeacherStage", "TeacherStageConfig"]
+__all__ = ["LatentClips", "StudentStage", "StudentStageConfig", "TeacherObjective", "TeacherStage", "TeacherStageConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +299,45 @@ class TeacherStage(Stage):
         save_pretrained(out_dir / "backbone", model.backbone, model.backbone.cfg,
                         extra={**extra, "sampling": sampling, "image_hw": list(model.image_hw),
                                "flow": dataclasses.asdict(self.config.flow)})
+
+
+@dataclass(frozen=True)
+class StudentStageConfig(TeacherStageConfig):
+    """The teacher stage's options (data, autoencoder, architecture, evaluation) for a
+    distillation stage's few-step student: ``init_from`` must name the model it starts from;
+    ``sample_steps`` is ignored in favour of ``student_steps`` (evaluation and export use the
+    student's)."""
+
+    student_steps: int = 1
+    """Euler steps of the student's sampler (1 or 2 in SANA-WM's distilled models)."""
+    progressive: tuple[int, ...] = (17,)
+    """Latent frames per rollout (the teacher stage's progressive schedule)."""
+    progressive_epochs: tuple[int, ...] = field(default=())
+    """Epochs spent at each length but the last."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.student_steps < 1:
+            raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
+
+
+class StudentStage(TeacherStage):
+    """A distillation stage (``ode``, ``self_forcing``): its student starts from
+    ``--init-from`` (required) and is evaluated and exported with its ``student_steps``."""
+
+    config_class = StudentStageConfig
+
+    def __init__(self, train, config: StudentStageConfig) -> None:
+        super().__init__(train, config)
+        if not config.init_from:
+            raise ValueError(f"the {self.name} stage starts the student from a model: pass --init-from (a world-model "
+                             "folder, a backbone folder, 'shipped' or 'teacher'; as a rule the teacher)")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, heldout: Dataset, out_dir: Path, step: int) -> dict[str, float]:
+        return self._evaluate_with(model, heldout, out_dir, step, self.config.student_steps)
+
+    @torch.no_grad()
+    def export(self, model: nn.Module, out_dir: Path, extra: dict[str, Any]) -> None:
+        self._export_with(model, out_dir, {**extra, "student_steps": self.config.student_steps},
+                          self.config.student_steps)
