@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ class TeacherStageConfig:
     example the latent projections after a change of ``latent_channels``) start as
     initialised; refused when less than half of the weights fit. The optimizer starts
     fresh; empty: train from scratch."""
+    init_fresh: tuple[str, ...] = ()
+    """With ``init_from``: regular expressions (``re.search`` on the tensor name) of tensors
+    left as initialised instead of copied, for example ``'blocks\\.[0-24-6]\\.attn\\.cam_'``,
+    the GDN blocks' UCPE camera branch (an ablation that retrains one part on a trained rest)."""
 
     def __post_init__(self) -> None:
         if len(self.progressive_epochs) != len(self.progressive) - 1:
@@ -92,6 +97,13 @@ class TeacherStageConfig:
             raise ValueError(f"progressive lengths must be >= 1, got {self.progressive}")
         if self.windows_per_clip < 1:
             raise ValueError(f"windows_per_clip must be >= 1, got {self.windows_per_clip}")
+        if self.init_fresh and not self.init_from:
+            raise ValueError("init_fresh names tensors not to copy from init_from: it needs init_from")
+        for pattern in self.init_fresh:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"init_fresh: {pattern!r} is not a regular expression ({e})") from None
 
 
 class LatentClips(Dataset):
@@ -197,7 +209,11 @@ class TeacherStage(Stage):
         backbone = WorldModelBackbone(self.config.model)
         if self.config.init_from:
             source = load_backbone(None if self.config.init_from == "shipped" else self.config.init_from)
-            fresh = copy_matching_tensors(backbone, source)
+            skip = [re.compile(p) for p in self.config.init_fresh]
+            theirs = {k: v for k, v in source.state_dict().items() if not any(p.search(k) for p in skip)}
+            if skip and len(theirs) == len(source.state_dict()):
+                raise ValueError(f"init_fresh {list(self.config.init_fresh)} matches no tensor of {self.config.init_from}")
+            fresh = copy_matching_tensors(backbone, theirs)
             state = backbone.state_dict()
             total = len(state)
             if sum(state[k].numel() for k in fresh) > sum(v.numel() for v in state.values()) / 2:
