@@ -289,8 +289,8 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
     from sanawm_gym.envs.world_model_nav import NavConfig
 
     contexts = args.context_seconds or [NavConfig().context_seconds]
-    modes = [(p, c == "on", t, w == "on", s) for s in contexts for w in args.collisions
-             for t in args.threads for c in args.compile for p in args.precision]
+    modes = [(p, c == "on", t, w == "on", s, m == "on") for m in args.scene_memory for s in contexts
+             for w in args.collisions for t in args.threads for c in args.compile for p in args.precision]
     passes = ", ".join(f"{name}: {m.sample_steps} sampler step{'s' * (m.sample_steps > 1)} + 1 commit pass"
                        for name, m in models.items())
     print(f"SanaWM/Nav-v0 native vector env, backbone passes per step ({passes}), "
@@ -301,16 +301,17 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
           f"context rendered and committed), the mean of {RESETS}")
     width = max(5, *(len(n) for n in names))
     print(f"{'envs':>5} {'model':>{width}} {'precision':>9} {'compile':>7} {'threads':>7} {'collide':>7} "
-          f"{'context':>7} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x base':>7} {'reset ms':>9}")
+          f"{'context':>7} {'memory':>6} {'steps/s':>9} {'frames/s':>9} {'x N=1':>7} {'x base':>7} {'reset ms':>9}")
     first_n: dict[tuple, float] = {}
     for n in args.num_envs:
         base = None
         for name, model in models.items():
-            for precision, compiled, threads, walls, context in modes:
+            for precision, compiled, threads, walls, context, held in modes:
                 chosen = inference_threads(n, None if threads == "auto" else int(threads))
                 venv = gym.make_vec("SanaWM/Nav-v0", num_envs=n, vectorization_mode="vector_entry_point", model=model,
                                     precision=precision, compile=compiled, threads=chosen,
-                                    collisions=walls and model.has_depth, context_seconds=context)
+                                    collisions=walls and model.has_depth, context_seconds=context,
+                                    scene_memory=held and model.has_depth)
                 venv.reset(seed=args.seed + RESETS)  # untimed: the first reset's one-time costs
                 t0 = time.perf_counter()
                 for i in range(RESETS):
@@ -323,13 +324,14 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
                     venv.step(a)
                 dt = time.perf_counter() - t0
                 frames = n * args.env_steps * model.config.frames_per_latent / dt
-                mode = (name, precision, compiled, threads, walls, context)
+                mode = (name, precision, compiled, threads, walls, context, held)
                 first_n.setdefault(mode, frames)
                 base = base or frames
                 shown = venv.unwrapped.core.precision + ("*" if precision == "auto" else "")
                 predicted = "on" if venv.unwrapped.core.collisions else "off"
                 print(f"{n:>5} {name:>{width}} {shown:>9} {'on' if compiled else 'off':>7} {torch.get_num_threads():>7} "
-                      f"{predicted:>7} {venv.unwrapped.core.config.context_seconds:>6g}s {n * args.env_steps / dt:>9.1f} "
+                      f"{predicted:>7} {venv.unwrapped.core.config.context_seconds:>6g}s "
+                      f"{'on' if venv.unwrapped.core.scene_memory else 'off':>6} {n * args.env_steps / dt:>9.1f} "
                       f"{frames:>9.1f} {frames / first_n[mode]:>6.1f}x {frames / base:>6.2f}x {reset_ms:>9.1f}",
                       flush=True)
                 venv.close()
@@ -462,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--context-seconds", type=float, nargs="+", default=None, metavar="S",
                    help="`bench env`: look-around context at each seeded reset, in seconds (0: the first frame "
                         "alone), side by side (default: the env's)")
+    b.add_argument("--scene-memory", nargs="+", default=["off"], choices=["off", "on"],
+                   help="`bench env`: the scene memory (NavConfig.scene_memory: what the reset showed, composited "
+                        "into every chunk; on where the model has a depth head) and/or off, side by side")
     b.add_argument("--sizes", type=COUNT, nargs="+", default=[64, 128], help="render sizes in pixels, >= 1")
     b.add_argument("--batch", type=COUNT, default=64, help="cameras per render call, >= 1")
     b.add_argument("--repeats", type=COUNT, default=5, help="timed render calls per size, >= 1")

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="how the backbone computes: nvfp4 / int8 run a low-bit backbone (emulated on CPU), the "
                         "autoencoder in float32")
+    p.add_argument("--memory", action="store_true",
+                   help="suite: also score the model guided by a scene memory of what each clip's start showed "
+                        "(composited into every chunk and committed; world_model.memory), as '+mem' rows")
     p.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="folder for report.json and pictures")
     p.add_argument("--compare", type=Path, nargs=2, metavar=("REPORT_A", "REPORT_B"),
                    help="print two suite reports (report.json) side by side, B - A per set and horizon, and exit")
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None:
         t0 = time.perf_counter()
         report = run_suite(wm, args.suite, args.data_root, args.out, args.steps, context_seconds=args.context_seconds,
-                           precision=args.precision)
+                           precision=args.precision, memory=args.memory)
         print(format_report(report))
         print(f"{time.perf_counter() - t0:.0f} s; per-clip values in {args.out / 'report.json'}, pictures in "
               f"{args.out}/<set>/")

@@ -93,11 +93,30 @@ def _start(seed: int, index: int) -> tuple[Any, np.ndarray]:
 
 
 def _clip(scene, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-    rgb = render(scene, c2w, K, *hw).rgb  # (F, H, W, 3) uint8
-    video = torch.from_numpy(np.asarray(rgb)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    out = render(scene, c2w, K, *hw)
+    video = torch.from_numpy(np.asarray(out.rgb)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # rgb (F, H, W, 3) uint8
     F = c2w.shape[0]
     return {"video": video, "c2w": torch.as_tensor(c2w, dtype=torch.float32),
-            "intrinsics": torch.as_tensor(np.repeat(K[None], F, 0), dtype=torch.float32)}
+            "intrinsics": torch.as_tensor(np.repeat(K[None], F, 0), dtype=torch.float32),
+            "depth": torch.as_tensor(np.asarray(out.depth), dtype=torch.float32)}
+
+
+class _FirstFrameDepth(torch.utils.data.Dataset):
+    """A motion set's clips with their first frame's exact z-depth (``depth (1, H, W)``),
+    rendered from the clip's scene (what a seeded env's reset knows of its first frame)."""
+
+    def __init__(self, data: PosedVideoDataset, seed: int, K: np.ndarray, hw: tuple[int, int]):
+        self.data, self.seed, self.K, self.hw = data, seed, K, hw
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = dict(self.data[i])
+        scene = generate_scene(clip_seeds(self.seed, i)[0])
+        out = render(scene, item["c2w"][:1].double().numpy(), self.K, *self.hw)
+        item["depth"] = torch.as_tensor(np.asarray(out.depth), dtype=torch.float32)
+        return item
 
 
 def still_clip(seed: int, index: int, frames: int, hw: tuple[int, int], K: np.ndarray,
@@ -146,7 +165,7 @@ def _summary(report: dict[str, Any], horizons: tuple[float, ...]) -> dict[str, A
     for h in horizons:
         row = {}
         for metric, prefix in (("psnr", ""), ("ssim", "ssim_"), ("sharpness", "sharpness_")):
-            for name in ("model",) + BASELINES + ("reconstruction",):
+            for name in ("model", "memory") + BASELINES + ("reconstruction",):
                 key = f"{metric}_{name}_{h:g}s"
                 if key in report:
                     row[f"{metric}_{name}"] = report[key]
@@ -161,6 +180,9 @@ def _revisit_scores(videos: dict[str, torch.Tensor]) -> dict[str, Any]:
     scores = {f"return_vs_reference_{name}": psnr(videos[name][:, 2], ref[:, 2]).clamp(max=PSNR_CAP)
               for name in ("model",) + BASELINES}
     scores["return_vs_first_visit_model"] = psnr(videos["model"][:, 2], videos["model"][:, 0]).clamp(max=PSNR_CAP)
+    if "memory" in videos:
+        scores["return_vs_reference_memory"] = psnr(videos["memory"][:, 2], ref[:, 2]).clamp(max=PSNR_CAP)
+        scores["return_vs_first_visit_memory"] = psnr(videos["memory"][:, 2], videos["memory"][:, 0]).clamp(max=PSNR_CAP)
     scores["wrong_view"] = psnr(ref[:, 1], ref[:, 2]).clamp(max=PSNR_CAP)
     out: dict[str, Any] = {k: float(v.mean()) for k, v in scores.items()}
     out.update({f"clips_{k}": v.tolist() for k, v in scores.items()})
@@ -169,19 +191,23 @@ def _revisit_scores(videos: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 @torch.no_grad()
 def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, seed: int = 0,
-              context_seconds: float = 0.0, log=print, precision: str = "float32") -> dict[str, Any]:
+              context_seconds: float = 0.0, log=print, precision: str = "float32",
+              memory: bool = False) -> dict[str, Any]:
     """Run the ``suite`` (a key of :data:`SUITES`) on the world model ``wm``; held-out sets
     live under ``root``; pictures and ``report.json`` go to ``out``. ``context_seconds``:
     the still and revisit clips start with a :func:`look_around` of that length, given to
     the model clean as a context clip (scores count from its end; the motion sets start
     from their first frame as before). ``precision``: how the backbone computes (one of
     ``world_model.world_model.PRECISIONS``; ``nvfp4`` / ``int8``: a low-bit backbone, the
-    autoencoder and the ceiling in float32). Returns the report."""
+    autoencoder and the ceiling in float32). ``memory``: also score the model guided by a
+    scene memory of what each clip's start showed with its exact depth (the first frame, or
+    the look-around; :mod:`world_model.memory`), as ``memory`` beside ``model``. Returns the
+    report."""
     hw = tuple(wm.image_hw)
     K = intrinsics_from_fov(90.0, *hw).numpy()
     sample_steps = steps or wm.sample_steps
     report: dict[str, Any] = {"suite": suite, "sample_steps": sample_steps, "context_seconds": context_seconds,
-                              "precision": resolve_precision(precision), "sets": {}}
+                              "precision": resolve_precision(precision), "memory": memory, "sets": {}}
     backbone = wm.backbone_for(precision)
     context = len(look_around(np.eye(4), context_seconds))
     for spec in SUITES[suite]:
@@ -189,6 +215,8 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
         given = 1
         if spec.kind == "motion":
             data = _motion_set(spec, root, hw)
+            if memory:
+                data = _FirstFrameDepth(data, spec.seed, K, hw)
         elif spec.kind == "still":
             data, given = [still_clip(spec.seed, i, spec.frames, hw, K, context_seconds) for i in range(spec.clips)], context
         else:
@@ -198,7 +226,7 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
             scored = evaluate_rollouts(backbone, wm.autoencoder, data, hw, sample_steps, wm.sample_shift,
                                        spec.horizons, batch_size=spec.clips, picture=out / spec.name / "rollout.png",
                                        seed=seed, frames=REVISIT_FRAMES if spec.kind == "revisit" else (),
-                                       context=given, ceiling=True)
+                                       context=given, ceiling=True, memory=memory)
         save_horizon_plot(scored, out / spec.name / "psnr-horizon.png")
         entry: dict[str, Any] = {**dataclasses.asdict(spec), "frames": spec.frames, "context_frames": given,
                                  "seconds_taken": time.perf_counter() - t0}
@@ -246,16 +274,28 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{row['psnr_first_frame']:>9.2f} {row['psnr_reconstruction']:>6.2f} {row['ssim_model']:>6.3f} "
                          f"{row['sharpness_model']:>6.2f} {row['sharpness_no_camera']:>8.2f} "
                          f"{row['sharpness_reconstruction']:>5.2f} {f'{int((model > best).sum())}/{len(model)}':>12}")
+            if "psnr_memory" in row:
+                guided = np.asarray(row["clips_psnr_memory"])
+                lines.append(f"{'':<9} {'+mem':>6} {row['psnr_memory']:>7.2f} {'':>8} {'':>9} {'':>6} "
+                             f"{row['ssim_memory']:>6.3f} {row['sharpness_memory']:>6.2f} {'':>8} {'':>5} "
+                             f"{f'{int((guided > best).sum())}/{len(guided)}':>12}   "
+                             f"(ahead of the model alone on {int((guided > model).sum())}/{len(guided)})")
         if "revisit" in entry:
             r = entry["revisit"]
             lines.append(f"{name:<9} return {r['return_vs_reference_model']:>7.2f} "
                          f"{r['return_vs_reference_no_camera']:>8.2f} {r['return_vs_reference_first_frame']:>9.2f}   "
                          f"(vs its first visit {r['return_vs_first_visit_model']:.2f}; a wrong view scores "
                          f"{r['wrong_view']:.2f})")
+            if "return_vs_reference_memory" in r:
+                lines.append(f"{'':<9} {'+mem':>6} {r['return_vs_reference_memory']:>7.2f} {'':>8} {'':>9}   "
+                             f"(vs its first visit {r['return_vs_first_visit_memory']:.2f})")
     if "collisions" in report:
         from sanawm_gym.collision_eval import format_collisions
 
         lines.append(format_collisions(report["collisions"]))
+    if report.get("memory"):
+        lines.append("+mem: the same model and noise guided by a scene memory of what the start showed (its exact "
+                     "depth): each chunk composited with the memory's view, then committed (world_model.memory).")
     lines.append("AE: the autoencoder's reconstruction of the reference, the ceiling through this autoencoder. "
                  "sharp: the model's sharpness ratio; cam off: the camera-off baseline's. clips ahead: clips on which "
                  "the model beats both baselines. still: the reference is the first frame itself (the first-frame "

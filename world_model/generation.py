@@ -10,7 +10,8 @@ on fresh noise, which also commits the chunk into the state.
 
 from __future__ import annotations
 
-from typing import Iterator
+import functools
+from typing import Callable, Iterator
 
 import torch
 
@@ -28,7 +29,8 @@ def slice_camera(camera: CameraInputs | None, start: int, stop: int) -> CameraIn
 @torch.no_grad()
 def stream_latents(backbone, first_latent: torch.Tensor, camera: CameraInputs | None, num_frames: int,
                    times: torch.Tensor | None, generator: torch.Generator | None = None,
-                   compiled: bool = False) -> Iterator[tuple[torch.Tensor, StreamState]]:
+                   compiled: bool = False, guide: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+                   ) -> Iterator[tuple[torch.Tensor, StreamState]]:
     """Yield ``(latents (B, n, C, h, w), state)`` chunk by chunk for ``num_frames`` latent
     frames. First the clean context ``first_latent (B, n0, C, h, w)`` (one frame, or a
     context clip) committed into a fresh state chunk by chunk, as generated chunks are, and
@@ -36,7 +38,9 @@ def stream_latents(backbone, first_latent: torch.Tensor, camera: CameraInputs | 
     along ``times`` from fresh noise drawn from ``generator`` and committed. ``camera``: the
     whole video's conditioning (``None``: the camera branches off, the baseline). The state
     has the same size whatever the context's length (the softmax blocks keep the first
-    chunk as their sink and a window of the latest)."""
+    chunk as their sink and a window of the latest). ``guide(x, start)``: maps each sampled
+    chunk (its first latent frame's index ``start``) to the latents committed and yielded
+    instead (:class:`world_model.memory.MemoryGuide`)."""
     cfg = backbone.cfg
     if cfg.first_chunk_frames != 1:
         raise ValueError("generation starts from one clean frame: the backbone needs first_chunk_frames=1")
@@ -54,7 +58,8 @@ def stream_latents(backbone, first_latent: torch.Tensor, camera: CameraInputs | 
     for n in chunks[i:]:
         shape = (first_latent.shape[0], n) + tuple(first_latent.shape[2:])
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(first_latent.device)
-        x, state = sample_chunk(backbone, noise, slice_camera(camera, start, start + n), state, times, compiled)
+        x, state = sample_chunk(backbone, noise, slice_camera(camera, start, start + n), state, times, compiled,
+                                None if guide is None else functools.partial(guide, start=start))
         yield x, state
         start += n
 

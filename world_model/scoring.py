@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from world_model.autoencoder import Autoencoder
 from world_model.autoencoder.losses import psnr, ssim
 from world_model.diffusion import sampling_times
-from world_model.generation import rollout_latents
+from world_model.generation import rollout_latents, stream_latents
+from world_model.memory import MemoryGuide, SceneMemory
 from world_model.model import WorldModelBackbone
 from world_model.plots import plot_curves, save_png, video_grid
 
@@ -96,19 +97,34 @@ off, and the first frame repeated."""
 @torch.no_grad()
 def rollout_videos(backbone: WorldModelBackbone, ae: Autoencoder, video: Tensor, c2w: Tensor, intrinsics: Tensor,
                    image_hw: tuple[int, int], times: Tensor, generator: torch.Generator,
-                   context: int = 1, ceiling: bool = False) -> dict[str, Tensor]:
+                   context: int = 1, ceiling: bool = False, depth: Tensor | None = None) -> dict[str, Tensor]:
     """For reference clips ``video (B, F, 3, H, W)`` in [-1, 1] along ``c2w (B, F, 4, 4)``
     with ``intrinsics (B, 3, 3)``: the model's video generated from the first frame, the
     camera-off baseline's and the first frame repeated, and with ``ceiling`` the autoencoder's
     reconstruction of the reference (what the world model can reach at best through this
     autoencoder), each ``(B, F, 3, H, W)`` in [-1, 1]. ``context``: the first ``context`` frames (1 + K m) are
     given clean (a context clip, committed as in :meth:`WorldModel.init_state`); the
-    first-frame baseline then repeats the context's last frame."""
+    first-frame baseline then repeats the context's last frame. ``depth (B, context, H, W)``:
+    the context's z-depth (metres); with it, also ``memory``: the model guided by a
+    :class:`~world_model.memory.SceneMemory` of the context (:class:`~world_model.memory.MemoryGuide`),
+    on the same noise as ``model``."""
     F = video.shape[1]
     T = 1 + (F - 1) // backbone.cfg.frames_per_latent
     first = ae.encode(video[:, :context])  # (B, 1 + m, C, h, w)
     cam = backbone.camera(c2w, intrinsics, image_hw)
     out = {}
+    if depth is not None:
+        g = torch.Generator().set_state(generator.get_state())
+        pixels = ((video[:, :context].permute(0, 1, 3, 4, 2) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        memories = []
+        for b in range(video.shape[0]):
+            memories.append(SceneMemory())
+            memories[-1].add(pixels[b].numpy(), depth[b, :context].numpy(), c2w[b, :context].double().numpy(),
+                             intrinsics[b].double().numpy())
+        guide = MemoryGuide(ae, memories, first, video[:, context - 1], c2w.double().numpy(), intrinsics.double().numpy())
+        for _ in stream_latents(backbone, first, cam, T, times, g, guide=guide):
+            pass
+        out["memory"] = guide.video()
     for name, c in (("model", cam), ("no_camera", None)):
         lat, _ = rollout_latents(backbone, first, c, T, times, generator)
         out[name] = ae.decode(lat).clamp(-1, 1)
@@ -122,7 +138,7 @@ def rollout_videos(backbone: WorldModelBackbone, ae: Autoencoder, video: Tensor,
 def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Dataset, image_hw: tuple[int, int],
                       sample_steps: int, sample_shift: float, horizons_s: tuple[float, ...], batch_size: int = 4,
                       picture: Path | None = None, seed: int = 0, frames: tuple[int, ...] = (),
-                      context: int = 1, ceiling: bool = False) -> dict[str, Any]:
+                      context: int = 1, ceiling: bool = False, memory: bool = False) -> dict[str, Any]:
     """Scores by raw frame of generated vs reference video for the model, the model without
     camera conditioning and the first frame repeated (with ``ceiling``, also the autoencoder's
     reconstruction, ``reconstruction``: a constant of the held-out set, left out of the
@@ -133,20 +149,24 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
     ``sharpness`` likewise). ``frames``: raw frame indices whose per-clip videos are also
     returned under ``videos`` (``{name: (N, len(frames), 3, H, W)}``, for scores that
     compare frames of one clip with each other, such as a revisit). ``picture``: a PNG of
-    the reference (odd rows) and generated (even rows) frames of the first clips.
+    the reference and generated frames of the first clips (row by row: reference, model,
+    and with ``memory`` the guided model).
     ``context``: the clips' first ``context`` frames (1 + K m) are a clean context clip;
     every score then counts from its last frame (frame 0 of the curves, horizons and
-    ``frames`` is the context's last frame)."""
+    ``frames`` is the context's last frame). ``memory``: also the model guided by a scene
+    memory of the context (``memory``; the clips must carry the context's ``depth``)."""
     times = sampling_times(sample_steps, sample_shift)
-    names = ("model",) + BASELINES + (("reconstruction",) if ceiling else ())
+    names = ("model",) + (("memory",) if memory else ()) + BASELINES + (("reconstruction",) if ceiling else ())
     scores: dict[str, dict[str, list[Tensor]]] = {m: {n: [] for n in names} for m in METRICS}
     kept: dict[str, list[Tensor]] = {n: [] for n in names + ("reference",)}
     pictures: list[np.ndarray] = []
     g = torch.Generator().manual_seed(seed)
     for batch in DataLoader(heldout, batch_size=batch_size):
         video = batch["video"]  # (B, F, 3, H, W) exact renders in [-1, 1]
+        if memory and "depth" not in batch:
+            raise ValueError("memory=True needs clips with the context's 'depth'")
         videos = rollout_videos(backbone, ae, video, batch["c2w"], batch["intrinsics"][:, 0], image_hw, times, g,
-                                context, ceiling)
+                                context, ceiling, batch["depth"][:, :context] if memory else None)
         videos = {name: v[:, context - 1 :] for name, v in videos.items()}
         video = video[:, context - 1 :]
         F = video.shape[1]
@@ -160,6 +180,8 @@ def evaluate_rollouts(backbone: WorldModelBackbone, ae: Autoencoder, heldout: Da
             every = max(1, F // 8)
             for b in range(min(video.shape[0], 2)):
                 pictures += [_uint8(video[b, ::every]), _uint8(videos["model"][b, ::every])]
+                if "memory" in videos:
+                    pictures.append(_uint8(videos["memory"][b, ::every]))
     report: dict[str, Any] = {}
     for metric in METRICS:
         prefix = "" if metric == "psnr" else f"{metric}_"

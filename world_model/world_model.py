@@ -30,6 +30,7 @@ from torch import nn
 from world_model.autoencoder import Autoencoder, StreamCache
 from world_model.checkpoint import CheckpointError, load_pretrained, read_pretrained_config, save_pretrained
 from world_model.diffusion import sample_chunk, sampling_times
+from world_model.memory import MemoryGuide, SceneMemory, guide_chunk
 from world_model.generation import stream_latents
 from world_model.geometry import is_rigid
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig
@@ -403,7 +404,8 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def step(self, state: WorldState, c2w_chunk: np.ndarray, generator: torch.Generator | None = None,
              steps: int | None = None, noise: torch.Tensor | None = None,
-             precision: str = "auto", compile: bool = False, depth: bool = False) -> tuple[np.ndarray, WorldState]:
+             precision: str = "auto", compile: bool = False, depth: bool = False,
+             memory: list | None = None, previous: np.ndarray | None = None) -> tuple[np.ndarray, WorldState]:
         """Generate the next latent frame for the K raw-frame poses ``c2w_chunk (B, K, 4, 4)``
         (rigid, finite) and decode it: uint8 frames ``(B, K, H, W, 3)`` and the new state (the
         input state is not modified): one turn of :func:`world_model.generation.stream_latents`.
@@ -415,7 +417,11 @@ class WorldModel(nn.Module):
         about 1.5-2x faster on CPU); frames equal the eager ones up to float rounding, and
         are deterministic. ``depth=True`` (a model with a depth head): also the chunk's depth,
         float32 metres ``(B, K, H, W)``, decoded by the depth head from the same latent,
-        returned third. Bad input raises ``ValueError`` naming the argument."""
+        returned third. ``memory``: one :class:`~world_model.memory.SceneMemory` (or None) per
+        row: the chunk is composited with what the row's memory shows from ``c2w_chunk`` and
+        the composite is committed and returned (:func:`~world_model.memory.guide_chunk`);
+        ``previous`` uint8 ``(B, H, W, 3)``: each row's last frame before the chunk (needed
+        with ``memory``). Bad input raises ``ValueError`` naming the argument."""
         cfg = self.config
         B = state.batch_size
         c2w = torch.as_tensor(check_c2w(c2w_chunk, "c2w_chunk", (B, cfg.frames_per_latent, 4, 4)))
@@ -424,10 +430,26 @@ class WorldModel(nn.Module):
             noise = torch.randn(self.noise_shape(B), generator=generator)
         elif tuple(noise.shape) != self.noise_shape(B):
             raise ValueError(f"noise must be {self.noise_shape(B)}, got {tuple(noise.shape)}")
+        guide, kept = None, {}
+        if memory is not None:
+            if len(memory) != B or previous is None:
+                raise ValueError(f"memory needs one SceneMemory (or None) per row ({B}) and previous frames; got "
+                                 f"{len(memory)} memories, previous {None if previous is None else np.shape(previous)}")
+            last = self._check_frames(np.asarray(previous)[:, None])[:, 0]  # (B, 3, H, W) in [-1, 1]
+
+            def guide(x: torch.Tensor) -> torch.Tensor:
+                decoded, kept["cache"] = self.autoencoder.decode_step(x, state.decode, compiled=compile)
+                kept["frames"], x = guide_chunk(self.autoencoder, x, decoded, last, memory, c2w.numpy(),
+                                                state.intrinsics.numpy())
+                return x
         with autocast(precision, self._device):
             cam = self._camera(c2w, state.reference, state.intrinsics, starts_video=False)
-            latent, stream = sample_chunk(self.backbone_for(precision), noise, cam, state.stream, times, compiled=compile)
-            frames, cache = self.autoencoder.decode_step(latent, state.decode, compiled=compile)
+            latent, stream = sample_chunk(self.backbone_for(precision), noise, cam, state.stream, times, compiled=compile,
+                                          guide=guide)
+            if guide is None:
+                frames, cache = self.autoencoder.decode_step(latent, state.decode, compiled=compile)
+            else:
+                frames, cache = kept["frames"], kept["cache"]
         new = dataclasses.replace(state, stream=stream, decode=cache)
         if not depth:
             return _to_video(frames), new
@@ -435,7 +457,8 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def generate_video(self, first_frame: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, steps: int | None = None,
-                       seed: int = 0, precision: str = "auto", compile: bool = False) -> np.ndarray:
+                       seed: int = 0, precision: str = "auto", compile: bool = False,
+                       context_depth: np.ndarray | None = None) -> np.ndarray:
         """A video along ``c2w (F, 4, 4)`` (F = 1 + K n; rigid, finite) from ``first_frame``
         uint8 (H, W, 3), or from a context clip uint8 (1 + K m, H, W, 3) taken at the first
         1 + K m poses (committed clean, see :meth:`init_state`; the video then holds its
@@ -443,8 +466,12 @@ class WorldModel(nn.Module):
         ``(F, H, W, 3)``, generated chunk by chunk by :func:`world_model.generation.stream_latents`
         with the bounded state and decoded as each chunk comes. ``steps``: sampler steps, an
         integer >= 1 (default: the checkpoint's); ``seed``: the noise; ``precision``: one of
-        :data:`PRECISIONS`; ``compile``: see :meth:`step`. Bad input raises ``ValueError``
-        naming the argument and the accepted range."""
+        :data:`PRECISIONS`; ``compile``: see :meth:`step`. ``context_depth``: z-depth in
+        metres of the first frame or context clip, ``(H, W)`` or ``(1 + K m, H, W)``
+        (``inf``: sky): the video is guided by a :class:`~world_model.memory.SceneMemory` of
+        it, as ``NavConfig.scene_memory`` guides the env (each chunk composited with what the
+        memory shows, then committed). Bad input raises ``ValueError`` naming the argument
+        and the accepted range."""
         k = self.config.frames_per_latent
         c2w = np.asarray(c2w, dtype=np.float64)
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or (c2w.shape[0] - 1) % k:
@@ -468,14 +495,30 @@ class WorldModel(nn.Module):
         poses = torch.as_tensor(c2w)[None]  # (1, F, 4, 4)
         g = torch.Generator().manual_seed(int(seed))
         num_latent = 1 + (c2w.shape[0] - 1) // k
+        if context_depth is not None:
+            context_depth = np.asarray(context_depth, dtype=np.float32).reshape(-1, *self.image_hw) \
+                if np.size(context_depth) == context * self.image_hw[0] * self.image_hw[1] else None
+            if context_depth is None:
+                raise ValueError(f"context_depth must be ({context}, {self.image_hw[0]}, {self.image_hw[1]}) metres, one "
+                                 "map per context frame")
+            if np.isnan(context_depth).any() or (context_depth <= 0).any():
+                raise ValueError("context_depth must be positive metres (inf for sky), without NaN")
         frames, cache = [], None
         with autocast(precision, self._device):
             camera = self.backbone.camera(poses, torch.as_tensor(K0)[None], self.image_hw)
             start = self.autoencoder.encode(video)  # (1, 1 + n0, C, h, w)
+            guide = None
+            if context_depth is not None:
+                memory = SceneMemory()
+                memory.add(first.reshape(context, *first.shape[-3:]), context_depth, c2w[:context], K0)
+                guide = MemoryGuide(self.autoencoder, [memory], start, video[:, -1], c2w[None], K0)
             for latent, _ in stream_latents(self.backbone_for(precision), start, camera, num_latent, times, g,
-                                            compiled=compile):
-                out, cache = self.autoencoder.decode_step(latent, cache, compiled=compile)
-                frames.append(_to_video(out)[0])
+                                            compiled=compile, guide=guide):
+                if guide is None:
+                    out, cache = self.autoencoder.decode_step(latent, cache, compiled=compile)
+                    frames.append(_to_video(out)[0])
+        if guide is not None:
+            return _to_video(guide.video())[0]
         return np.concatenate(frames, 0)
 
 

@@ -62,6 +62,9 @@ class NavSnapshot:
     """``(M, 3)`` float64: the surfaces known at reset, one point per voxel
     (:meth:`SurfaceMemory.state <sanawm_gym.depth_collision.SurfaceMemory.state>`), where the
     env predicts collisions; else None."""
+    scene_memory: dict[str, torch.Tensor] | None = None
+    """What the episode was shown, as coloured surface points (:meth:`SceneMemory.state
+    <world_model.memory.SceneMemory.state>`), where the env keeps a scene memory; else None."""
 
     kind = "nav"
 
@@ -70,7 +73,8 @@ class NavSnapshot:
         """Bytes of the snapshot's arrays and tensors (independent of the episode's length)."""
         arrays = [self.pose, self.chunk_poses, self.goal, self.bounds, self.frames, self.torch_generator_state.numpy()]
         arrays += [a for a in (self.depth, self.surface) if a is not None]
-        return self.world.nbytes + sum(a.nbytes for a in arrays)
+        held = sum(t.numel() * t.element_size() for t in (self.scene_memory or {}).values())
+        return self.world.nbytes + sum(a.nbytes for a in arrays) + held
 
     def _parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"world.{k}": v.contiguous() for k, v in self.world.tensors().items()}
@@ -81,6 +85,8 @@ class NavSnapshot:
             tensors["depth"] = torch.from_numpy(np.ascontiguousarray(self.depth))
         if self.surface is not None:
             tensors["surface"] = torch.from_numpy(np.ascontiguousarray(self.surface))
+        if self.scene_memory is not None:
+            tensors.update({f"scene_memory.{k}": v.contiguous() for k, v in self.scene_memory.items()})
         data = {"decode_frames": self.world.decode.latent_frames, "distance": self.distance,
                 "path_length": self.path_length, "geodesic_distance": _json_float(self.geodesic_distance),
                 "steps": self.steps, "scene_seed": self.scene_seed, "np_random_state": self.np_random_state}
@@ -95,7 +101,8 @@ class NavSnapshot:
                    float(data["geodesic_distance"]), int(data["steps"]), data["scene_seed"], data["np_random_state"],
                    tensors["torch_generator_state"], tensors["frames"].numpy(),
                    tensors["depth"].numpy() if "depth" in tensors else None,
-                   tensors["surface"].numpy() if "surface" in tensors else None)
+                   tensors["surface"].numpy() if "surface" in tensors else None,
+                   {k[len("scene_memory."):]: v for k, v in tensors.items() if k.startswith("scene_memory.")} or None)
 
 
 @dataclass

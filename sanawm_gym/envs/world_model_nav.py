@@ -45,6 +45,7 @@ from sanawm_gym.tasks import (
 )
 from world_model import WorldModel
 from world_model.geometry import integrate_twist, intrinsics_from_fov, pose_from_yaw_pitch
+from world_model.memory import SceneMemory
 from world_model.world_model import PRECISIONS, packaged_model, resolve_precision
 
 __all__ = ["NavConfig", "NavCore", "NavSnapshot", "WorldModelNavEnv", "WorldModelNavVectorEnv", "inference_threads",
@@ -135,6 +136,16 @@ class NavConfig:
     held-out driving episodes with the default 4 s look-around, the packaged model's
     predictions reach a recall of 0.91 and a precision of 0.92 (without the look-around
     0.79 / 0.88; from the last chunk's depth alone 0.29 / 0.77; docs/RESULTS.md)."""
+    scene_memory: bool = False
+    """Hold what the episode was shown: the frames a reset starts from (the look-around
+    context, or a user's image / clip) are kept with their depth (the exact render's for a
+    seeded scene, else the depth head's) as coloured surface points
+    (:class:`~world_model.memory.SceneMemory`), and every generated chunk is composited with
+    what they show from its poses, then committed in place of the raw sample
+    (:func:`~world_model.memory.guide_chunk`): a place seen at the start keeps its objects
+    and texture when the camera stands still or returns, and the model fills in only what
+    was never seen. Needs a depth head (the packaged models have one). Measured on the
+    fidelity suite (``sanawm-gym fidelity --memory``; docs/RESULTS.md)."""
     collision_points: int = 1
     """Surface points (one per 5 cm voxel, from depth pixels sampled every second pixel)
     that must come within the camera radius of a frame's path for a predicted collision
@@ -153,7 +164,7 @@ class NavConfig:
         if isinstance(self.collision_points, bool) or not isinstance(self.collision_points, numbers.Integral) or \
                 self.collision_points < 1:
             raise ValueError(f"collision_points must be an integer >= 1, got {self.collision_points!r}")
-        for name in ("reference_frames", "timing_info", "compile", "depth"):
+        for name in ("reference_frames", "timing_info", "compile", "depth", "scene_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.collisions is not None and not isinstance(self.collisions, bool):
@@ -215,9 +226,9 @@ class NavCore:
         frame = (self.height, self.width, 3)
         rgb_shape = frame if cfg.obs_mode == "frame" else (self.motion.frames_per_step, *frame)
         has_depth = self.model.has_depth
-        if (cfg.depth or cfg.collisions) and not has_depth:
-            raise ValueError("depth=True and collisions=True need a world model with a depth head (a depth/ folder in "
-                             "its checkpoint; the packaged models have one)")
+        if (cfg.depth or cfg.collisions or cfg.scene_memory) and not has_depth:
+            raise ValueError("depth=True, collisions=True and scene_memory=True need a world model with a depth head (a "
+                             "depth/ folder in its checkpoint; the packaged models have one)")
         self.depth_obs = cfg.depth
         self.collisions = has_depth if cfg.collisions is None else cfg.collisions
         """Whether collisions are predicted (``NavConfig.collisions`` resolved for this model)."""
@@ -243,7 +254,10 @@ class NavCore:
         self.rngs: list[np.random.Generator | None] = [None] * N
         self.torch_gens = [torch.Generator() for _ in range(N)]
         self.frames = np.zeros((N, K, *frame), np.uint8)
-        self.needs_depth = cfg.depth or self.collisions
+        self.scene_memory = cfg.scene_memory
+        self.needs_depth = cfg.depth or self.collisions or self.scene_memory
+        self.memories = [SceneMemory() for _ in range(N)]
+        """Per row (with ``scene_memory``), what the episode's reset showed, as coloured surface points."""
         self.depth = np.full((N, K, self.height, self.width), self.max_depth if has_depth else 0.0, np.float32)
         """``(N, K, H, W)`` the last chunk's depth (metres), when the env uses depth."""
         self.surfaces = [SurfaceMemory() for _ in range(N)]
@@ -287,7 +301,7 @@ class NavCore:
                                         Ks, self.precision, depth=predict)
             self.state = out[1]
             for i, r in enumerate(rows):
-                self._set_reset_depth(r, exact[i], out[2][i : i + 1] if predict else None, clip_poses[i])
+                self._set_reset_depth(r, exact[i], out[2][i : i + 1] if predict else None, clip_poses[i], clips[i])
             return
         for i, (r, clip, c2w) in enumerate(zip(rows, clips, clip_poses)):  # context clips, of any lengths
             frames = clip[None] if len(clip) > 1 else clip
@@ -298,14 +312,15 @@ class NavCore:
                 self.state = row_state.select([0] * self.num_envs)
             else:
                 self.state = self.state.with_rows([r], row_state)
-            self._set_reset_depth(r, exact[i], out[2][0] if predict else None, clip_poses[i])
+            self._set_reset_depth(r, exact[i], out[2][0] if predict else None, clip_poses[i], clip)
 
     def _set_reset_depth(self, r: int, exact: np.ndarray | None, predicted: np.ndarray | None,
-                         c2w: np.ndarray) -> None:
+                         c2w: np.ndarray, clip: np.ndarray) -> None:
         """Row ``r``'s depth after a reset: the last K frames of ``exact`` (the render's) or of
         ``predicted`` (the head's), the first frame repeated when there are fewer; with
         ``collisions``, all of the frames' surfaces (taken at ``c2w (1 + K n, 4, 4)``) become
-        the row's surface memory."""
+        the row's surface memory; with ``scene_memory``, the frames ``clip (1 + K n, H, W, 3)``
+        with that depth become its scene memory."""
         if not self.needs_depth:
             return
         d = exact if exact is not None else predicted
@@ -315,6 +330,9 @@ class NavCore:
         if self.collisions:
             self.surfaces[r].clear()
             self.surfaces[r].add(depth_points(d, c2w, self.intrinsics, 2, self.max_depth))
+        if self.scene_memory:
+            self.memories[r].clear()
+            self.memories[r].add(clip, d, c2w, self.intrinsics, self.max_depth)
 
     def _start(self, r: int, rng: np.random.Generator, opts: dict) -> tuple[np.ndarray, ...]:
         """``(clip (1 + K n, H, W, 3), its poses (1 + K n, 4, 4), goal, bounds, depth)`` of a
@@ -406,7 +424,8 @@ class NavCore:
                            for g, a in zip(self.torch_gens, active)])
         t0 = time.perf_counter()
         out = self.model.step(self.state, chunk, noise=noise, precision=self.precision, compile=self.compile,
-                              depth=self.needs_depth)
+                              depth=self.needs_depth, memory=self.memories if self.scene_memory else None,
+                              previous=self.frames[:, -1])
         frames, self.state = out[0], out[1]
         if self.needs_depth:
             self.depth = out[2]
@@ -468,7 +487,8 @@ class NavCore:
                            float(self.geodesic[r]), int(self.steps[r]), self.scene_seed[r],
                            self.rngs[r].bit_generator.state, self.torch_gens[r].get_state(), self.frames[r].copy(),
                            self.depth[r].copy() if self.needs_depth else None,
-                           self.surfaces[r].state() if self.collisions else None)
+                           self.surfaces[r].state() if self.collisions else None,
+                           self.memories[r].state() if self.scene_memory else None)
 
     def set_row(self, r: int, snap: NavSnapshot) -> None:
         if not isinstance(snap, NavSnapshot):
@@ -486,6 +506,10 @@ class NavCore:
             self.surfaces[r].clear()
             if snap.surface is not None:
                 self.surfaces[r].restore(snap.surface)
+        if self.scene_memory:  # a snapshot without one: nothing held, the model alone
+            self.memories[r].clear()
+            if snap.scene_memory is not None:
+                self.memories[r].restore(snap.scene_memory)
         self.distance[r], self.path_length[r], self.steps[r] = snap.distance, snap.path_length, snap.steps
         self.geodesic[r] = snap.geodesic_distance
         if snap.scene_seed is not None and (snap.scene_seed != self.scene_seed[r] or self.scenes[r] is None):
@@ -520,6 +544,8 @@ class NavCore:
                              f"{snap.depth.dtype} {snap.depth.shape}")
         if snap.surface is not None:
             SurfaceMemory().restore(snap.surface)  # raises ValueError naming the problem
+        if snap.scene_memory is not None:
+            SceneMemory().restore(snap.scene_memory)  # likewise
         if snap.pose.shape != (4, 4) or snap.chunk_poses.shape != (K, 4, 4) or snap.goal.shape != (3,):
             raise ValueError("snapshot pose / chunk_poses / goal have the wrong shapes: "
                              f"{snap.pose.shape}, {snap.chunk_poses.shape}, {snap.goal.shape}")

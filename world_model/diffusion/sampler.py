@@ -10,7 +10,7 @@ The sampling loop:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -32,13 +32,17 @@ def commit_chunk(model, latents: torch.Tensor, camera, state: StreamState | None
 
 @torch.no_grad()
 def sample_chunk(model, noise: torch.Tensor, camera, state: StreamState, times: torch.Tensor,
-                 compiled: bool = False) -> tuple[torch.Tensor, StreamState]:
+                 compiled: bool = False, guide: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, StreamState]:
     """Sample a chunk from ``noise (B, n, C, h, w)`` along decreasing ``times`` (1 -> 0) and
     commit it; returns the clean latents and the new state (``compiled``: see the
-    backbone's ``forward``)."""
+    backbone's ``forward``). ``guide``: maps the sampled latents to those committed (and
+    returned) instead, for example :func:`world_model.memory.guide_chunk`'s composite."""
     x = noise
     B, n = noise.shape[:2]
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
         v, _ = model(x, torch.full((B, n), t, device=x.device), camera, [n], state, commit=False, compiled=compiled)
         x = x + (t_next - t) * v
+    if guide is not None:
+        x = guide(x)
     return x, commit_chunk(model, x, camera, state, compiled)
