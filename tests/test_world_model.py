@@ -245,6 +245,23 @@ def test_teacher_init_from_copies_every_fitting_tensor(wm, tmp_path, monkeypatch
                                                    autoencoder=str(tmp_path / "ae8"), init_from=str(tmp_path / "wm")))
     with pytest.raises(ValueError, match="less than half .* width: 32 in init_from, 48 in this run"):
         other.build_model()
+    # --init-fresh: tensors named by a pattern start as initialised (here the GDN blocks' camera branch)
+    fresh = TeacherStage(train, TeacherStageConfig(model=dataclasses.replace(BACKBONE, latent_channels=8),
+                                                   autoencoder=str(tmp_path / "ae8"), init_from=str(tmp_path / "wm"),
+                                                   init_fresh=(r"blocks\.0\.attn\.cam_",)))
+    mine = fresh.build_model().backbone.state_dict()
+    named = [k for k in mine if k.startswith("blocks.0.attn.cam_")]
+    assert len(named) == 5 and not mine["blocks.0.attn.cam_out.weight"].any()  # as initialised: zero out-projection
+    assert torch.equal(mine["blocks.0.attn.cam_q_norm"], torch.ones_like(mine["blocks.0.attn.cam_q_norm"]))
+    assert not torch.equal(mine["blocks.0.attn.cam_qkv.weight"], theirs["blocks.0.attn.cam_qkv.weight"])
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine if k not in differ and k not in named)
+    for bad, message in (((r"blocks\.0\.attn\.nothing",), "matches no tensor"), ((r"(",), "not a regular expression")):
+        with pytest.raises(ValueError, match=message):
+            TeacherStage(train, TeacherStageConfig(model=dataclasses.replace(BACKBONE, latent_channels=8),
+                                                   autoencoder=str(tmp_path / "ae8"), init_from=str(tmp_path / "wm"),
+                                                   init_fresh=bad)).build_model()
+    with pytest.raises(ValueError, match="needs init_from"):
+        TeacherStageConfig(init_fresh=("x",))
 
 
 def test_teacher_latent_cache_follows_the_autoencoders_normalisation(wm, tmp_path, monkeypatch):
