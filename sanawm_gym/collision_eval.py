@@ -40,6 +40,7 @@ from sanawm_gym.kinematics import MotionConfig, action_to_twist, look_around, mo
 from sanawm_gym.reference_world import render
 from sanawm_gym.reference_world.collision import obstacle_sweep
 from sanawm_gym.reference_world.trajectories import driving_actions
+from world_model.memory import SceneMemory
 
 __all__ = ["DEPTH_SOURCES", "evaluate_collisions", "format_collisions"]
 
@@ -61,10 +62,12 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
                         min_points: tuple[int, ...] = (8,), precision: str = "float32",
                         horizons: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0), noise_seed: int = 0,
                         depth_source: str = "generated", memory: tuple[bool, ...] = (True,),
-                        context_seconds: float = 0.0) -> dict[str, Any]:
+                        context_seconds: float = 0.0, scene_memory: bool = False) -> dict[str, Any]:
     """Run the episodes (see the module docstring) with the world model ``wm`` (it needs a
     depth head) and return the report: per threshold ``recall``, ``precision``,
-    ``first_contact_recall`` and the counts; ``depth`` errors by horizon; per-episode labels."""
+    ``first_contact_recall`` and the counts; ``depth`` errors by horizon; per-episode labels.
+    ``scene_memory``: the chunks are guided by a scene memory of the start, as the env's
+    ``NavConfig.scene_memory`` guides them (:mod:`world_model.memory`)."""
     if not wm.has_depth:
         raise ValueError("the world model has no depth head: collisions cannot be predicted")
     if depth_source not in DEPTH_SOURCES:
@@ -97,6 +100,11 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
     video = torch.from_numpy(clip).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
     _, encoder_cache = wm.autoencoder.encode_step(video)  # the clean source's streaming encoder
     g = torch.Generator().manual_seed(noise_seed)
+    held, last = None, first
+    if scene_memory:
+        held = [SceneMemory() for _ in range(episodes)]
+        for e in range(episodes):
+            held[e].add(clip[e], known[e], context[e], K, max_depth)
     truth = np.zeros((episodes, steps), bool)
     labels = {(k, m): str(m) if len(memory) == 1 else f"{m}, {'with' if k else 'no'} memory" for k in memory
               for m in min_points}
@@ -119,7 +127,9 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
                 known, seen = (memories[e] if k else nothing).near_split(pose[e, :3, 3], reach, fresh)
                 for m in min_points:
                     predicted[k, m][e, t] = move_chunk(pose[e], twist[e], motion, points_sweep(seen, m, known)).collided
-        _, state, depth = wm.step(state, true_chunks, generator=g, precision=precision, depth=True)
+        frames, state, depth = wm.step(state, true_chunks, generator=g, precision=precision, depth=True, memory=held,
+                                       previous=last)
+        last = frames[:, -1]
         # the exact render at the true poses: the chunk's last frame (the reference depth), all K for other sources
         out = [render(scenes[e], true_chunks[e, -1 if depth_source in ("generated", "none") else 0:], K, H, W)
                for e in range(episodes)]
@@ -140,7 +150,8 @@ def evaluate_collisions(wm, episodes: int = 16, steps: int = 40, seed: int = 500
             near = ref < NEAR_M
             near_rel[e, t] = rel[near].mean() if near.any() else np.nan
     report: dict[str, Any] = {"episodes": episodes, "steps": steps, "seed": seed, "positives": int(truth.sum()),
-                              "depth_source": depth_source, "context_seconds": context_seconds, "thresholds": {}}
+                              "depth_source": depth_source, "context_seconds": context_seconds,
+                              "scene_memory": scene_memory, "thresholds": {}}
     first_contact = truth & ~np.concatenate([np.zeros((episodes, 1), bool), truth[:, :-1]], 1)
     for (k, m), pred in predicted.items():
         tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
@@ -178,7 +189,8 @@ def format_collisions(report: dict[str, Any]) -> str:
     lines = [f"collisions: {report['episodes']} episodes (seed {report['seed']}) of {report['steps']} steps, "
              f"{report['positives']} colliding steps in the reference world; predicted from "
              + ("no depth of the last chunk" if source == "none" else f"the {source} depth of the last chunk")
-             + f" and (with memory) the surfaces of the start's exact depth, a look-around of {context:g} s before it",
+             + f" and (with memory) the surfaces of the start's exact depth, a look-around of {context:g} s before it"
+             + ("; the chunks guided by the scene memory" if report.get("scene_memory") else ""),
              f"{'min points':>10} {'recall':>7} {'precision':>10} {'first contacts':>15} {'forward rec':>12} "
              f"{'smooth rec':>11} {'smooth prec':>12}"]
     for m, r in report["thresholds"].items():

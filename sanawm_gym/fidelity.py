@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                         "autoencoder in float32")
     p.add_argument("--memory", action="store_true",
                    help="suite: also score the model guided by a scene memory of what each clip's start showed "
-                        "(composited into every chunk and committed; world_model.memory), as '+mem' rows")
+                        "(composited into every chunk and committed, as Nav-v0 does by default; world_model.memory), "
+                        "as '+mem' rows; the collision episodes (and --collisions) then run guided too")
     p.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="folder for report.json and pictures")
     p.add_argument("--compare", type=Path, nargs=2, metavar=("REPORT_A", "REPORT_B"),
                    help="print two suite reports (report.json) side by side, B - A per set and horizon, and exit")
@@ -192,7 +193,7 @@ def _evaluate_collisions(args: argparse.Namespace, wm: WorldModel) -> int:
         report = evaluate_collisions(wm, args.clips, steps, args.seed, points, args.precision,
                                      depth_source=args.collision_depth,
                                      memory=tuple(m == "on" for m in args.collision_memory),
-                                     context_seconds=args.context_seconds)
+                                     context_seconds=args.context_seconds, scene_memory=args.memory)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     report["seconds_taken"] = time.perf_counter() - t0

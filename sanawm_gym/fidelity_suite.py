@@ -243,7 +243,8 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
         t0 = time.perf_counter()
         points = NavConfig.collision_points
         report["collisions"] = {**evaluate_collisions(wm, COLLISION_EPISODES, COLLISION_STEPS, COLLISION_SEED, (points,),
-                                                      precision, noise_seed=seed, context_seconds=context_seconds),
+                                                      precision, noise_seed=seed, context_seconds=context_seconds,
+                                                      scene_memory=memory),
                                 "min_points": points, "seconds_taken": time.perf_counter() - t0}
         log(f"collisions: {COLLISION_EPISODES} episodes of {COLLISION_STEPS} steps in "
             f"{report['collisions']['seconds_taken']:.0f} s")

@@ -168,7 +168,8 @@ def test_world_model_step_without_memories_is_the_plain_step():
 
 def test_nav_env_scene_memory_holds_a_still_view_and_snapshots_restore_it(tmp_path):
     wm = depth_model()
-    plain = gym.make("SanaWM/Nav-v0", model=wm, reference_frames=True, precision="float32", collisions=False)
+    plain = gym.make("SanaWM/Nav-v0", model=wm, reference_frames=True, precision="float32", collisions=False,
+                     scene_memory=False)
     held = gym.make("SanaWM/Nav-v0", model=wm, reference_frames=True, precision="float32", collisions=False,
                     scene_memory=True)
     still = np.zeros(6, np.float32)
@@ -182,7 +183,16 @@ def test_nav_env_scene_memory_holds_a_still_view_and_snapshots_restore_it(tmp_pa
         errors[name] = np.mean(errs)
     assert errors["held"] < 0.5 * errors["plain"]  # the untrained model forgets; the memory holds the view
     core = held.unwrapped.core
-    assert len(core.memories[0]) > 0
+    assert len(core.memories[0]) > 0 and core.scene_memory and not plain.unwrapped.core.scene_memory
+    # the default: on where the model has a depth head
+    assert gym.make("SanaWM/Nav-v0", model=wm).unwrapped.core.scene_memory
+    no_head = depth_model()
+    no_head.depth_head = None
+    assert not gym.make("SanaWM/Nav-v0", model=no_head).unwrapped.core.scene_memory
+    with pytest.raises(ValueError, match="need a world model with a depth head"):
+        gym.make("SanaWM/Nav-v0", model=no_head, scene_memory=True)
+    with pytest.raises(ValueError, match="scene_memory must be True, False or None"):
+        gym.make("SanaWM/Nav-v0", model=wm, scene_memory="yes")
     snap = held.unwrapped.get_state()
     assert snap.scene_memory is not None
     actions = [np.array([0, 0, 0.5, 0, 0.3, 0], np.float32)] * 3

@@ -69,7 +69,11 @@ class WorldModelConfig:
     divided by the main branch's denominator (what the shipped model trained with).
     ``upstream``: upstream SANA-WM's form: numerator only; the camera q / k / v rescaled
     after the UCPE transform back to their RMS before it (per frame and head); beta
-    discounted per token by what remains of the key's norm inflation."""
+    discounted per token by what remains of the key's norm inflation. Compared on one budget
+    (the teacher with its six GDN camera branches retrained from zero for 450 steps, one run
+    per form; docs/RESULTS.md), the fidelity suite prefers neither: within 0.04 dB on motion
+    up to 5 s, upstream +0.4 dB at 10 s, -0.8 dB on the revisit. ``shared`` stays the
+    default (the shipped models' form)."""
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads:
