@@ -69,6 +69,9 @@ class HeldoutSet:
     seed: int
     """Dataset seed; never used by a training set (those use seeds below 1000)."""
     horizons: tuple[float, ...] = ()
+    context: bool = False
+    """A motion set whose clips start with the suite's look-around (as a seeded ``Nav-v0``
+    reset does), given clean as a context clip; scores count from its end."""
 
     @property
     def frames(self) -> int:
@@ -77,6 +80,7 @@ class HeldoutSet:
 
 _SHORT = (
     HeldoutSet("motion", "motion", 16, 10.0, 3100, (0.5, 1.0, 2.0, 5.0, 10.0)),
+    HeldoutSet("motion_ctx", "motion", 8, 10.0, 3100, (0.5, 1.0, 2.0, 5.0, 10.0), context=True),  # motion's first 8
     HeldoutSet("still", "still", 8, 10.0, 4000, (2.0, 10.0)),
     HeldoutSet("revisit", "revisit", 8, 5.0, 4500),
 )
@@ -99,6 +103,30 @@ def _clip(scene, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int]) -> dict[st
     return {"video": video, "c2w": torch.as_tensor(c2w, dtype=torch.float32),
             "intrinsics": torch.as_tensor(np.repeat(K[None], F, 0), dtype=torch.float32),
             "depth": torch.as_tensor(np.asarray(out.depth), dtype=torch.float32)}
+
+
+class _LookAroundFirst(torch.utils.data.Dataset):
+    """The first ``clips`` clips of a motion set, each after a :func:`look_around` of
+    ``seconds`` ending at its first pose, rendered in its scene, with the look-around's exact
+    z-depth (``depth (context, H, W)``): what a seeded ``Nav-v0`` reset shows before the path."""
+
+    def __init__(self, data: PosedVideoDataset, clips: int, seed: int, K: np.ndarray, hw: tuple[int, int],
+                 seconds: float):
+        self.data, self.clips, self.seed, self.K, self.hw, self.seconds = data, clips, seed, K, hw, seconds
+
+    def __len__(self) -> int:
+        return min(self.clips, len(self.data))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.data[i]
+        start = item["c2w"][0].double().numpy()
+        look = look_around(start, self.seconds)[:-1]  # ends just before the first pose
+        shown = _clip(generate_scene(clip_seeds(self.seed, i)[0]), np.concatenate([look, start[None]]), self.K, self.hw)
+        F = len(look)
+        return {"video": torch.cat([shown["video"][:F], item["video"]]),
+                "c2w": torch.cat([shown["c2w"][:F], item["c2w"].float()]),
+                "intrinsics": torch.cat([shown["intrinsics"][:F], item["intrinsics"].float()]),
+                "depth": shown["depth"]}
 
 
 class _FirstFrameDepth(torch.utils.data.Dataset):
@@ -195,9 +223,10 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
               memory: bool = False) -> dict[str, Any]:
     """Run the ``suite`` (a key of :data:`SUITES`) on the world model ``wm``; held-out sets
     live under ``root``; pictures and ``report.json`` go to ``out``. ``context_seconds``:
-    the still and revisit clips start with a :func:`look_around` of that length, given to
-    the model clean as a context clip (scores count from its end; the motion sets start
-    from their first frame as before). ``precision``: how the backbone computes (one of
+    the still and revisit clips and the ``motion_ctx`` set (the first 8 motion clips) start
+    with a :func:`look_around` of that length, given to the model clean as a context clip
+    (scores count from its end; the ``motion`` sets start from their first frame as before;
+    with no look-around ``motion_ctx`` is left out). ``precision``: how the backbone computes (one of
     ``world_model.world_model.PRECISIONS``; ``nvfp4`` / ``int8``: a low-bit backbone, the
     autoencoder and the ceiling in float32). ``memory``: also score the model guided by a
     scene memory of what each clip's start showed with its exact depth (the first frame, or
@@ -213,7 +242,14 @@ def run_suite(wm, suite: str, root: Path, out: Path, steps: int | None = None, s
     for spec in SUITES[suite]:
         t0 = time.perf_counter()
         given = 1
-        if spec.kind == "motion":
+        if spec.kind == "motion" and spec.context:
+            if context == 1:
+                continue  # no look-around to start from: the plain motion set says it all
+            base = next((x for x in SUITES[suite] if x.kind == "motion" and not x.context and x.seed == spec.seed
+                         and x.frames == spec.frames and x.clips >= spec.clips), dataclasses.replace(spec, name="motion"))
+            clips = _motion_set(base, root, hw)  # the motion set's first clips, after a look-around
+            data, given = _LookAroundFirst(clips, spec.clips, spec.seed, K, hw, context_seconds), context
+        elif spec.kind == "motion":
             data = _motion_set(spec, root, hw)
             if memory:
                 data = _FirstFrameDepth(data, spec.seed, K, hw)

@@ -223,3 +223,34 @@ def test_generate_video_with_context_depth_holds_a_still_scene():
     assert not (plain[1:] == np.asarray(out.rgb[0])).all()
     with pytest.raises(ValueError, match="context_depth must be"):
         wm.generate_video(np.asarray(out.rgb[0]), c2w, K32, context_depth=np.ones((2, 32, 32)))
+
+
+def test_fidelity_suite_scores_the_guided_model_beside_the_model_alone(tmp_path):
+    from sanawm_gym import fidelity_suite as suite
+
+    small = (suite.HeldoutSet("motion", "motion", 2, 0.5, 3100, (0.25, 0.5)),
+             suite.HeldoutSet("motion_ctx", "motion", 1, 0.5, 3100, (0.25, 0.5), context=True),
+             suite.HeldoutSet("still", "still", 1, 0.5, 4000, (0.5,)),
+             suite.HeldoutSet("revisit", "revisit", 1, 5.0, 4500))
+    wm = depth_model()
+    wm.depth_head = None  # no collision episodes: the frames only
+    old = suite.SUITES["short"]
+    suite.SUITES["short"] = small
+    try:
+        report = suite.run_suite(wm, "short", tmp_path / "data", tmp_path / "out", context_seconds=1.0, memory=True,
+                                 log=lambda *_: None)
+        plain = suite.run_suite(wm, "short", tmp_path / "data", tmp_path / "plain", context_seconds=0.0,
+                                log=lambda *_: None)
+    finally:
+        suite.SUITES["short"] = old
+    sets = report["sets"]
+    assert set(sets) == {"motion", "motion_ctx", "still", "revisit"} and "motion_ctx" not in plain["sets"]
+    assert sets["motion_ctx"]["context_frames"] == 17 and sets["motion"]["context_frames"] == 1
+    assert len(list((tmp_path / "data").glob("motion-*"))) == 1  # the context set reuses the motion clips
+    still = sets["still"]["horizons"]["0.5s"]
+    assert still["psnr_memory"] > still["psnr_model"] + 5  # the untrained model forgets, the memory holds
+    assert sets["revisit"]["revisit"]["return_vs_first_visit_memory"] > sets["revisit"]["revisit"][
+        "return_vs_first_visit_model"]
+    assert "psnr_memory" not in plain["sets"]["still"]["horizons"]["0.5s"]
+    table = suite.format_report(report)
+    assert table.count("+mem") >= 5 and "ahead of the model alone" in table
