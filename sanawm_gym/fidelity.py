@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", choices=sorted(SUITES), default="short",
                    help="without --data: the fidelity suite to run (short: about 5-10 min on 2 cores; long adds 60 s clips)")
     p.add_argument("--context-seconds", type=float, default=None,
-                   help="the suite's still and revisit clips and the collision episodes start with a look-around of "
+                   help="the suite's still, revisit and motion_ctx clips and the collision episodes start with a look-around of "
                         "this length, given to the model as a clean context clip (0: the first frame alone; 4: a full "
                         "turn; default: the env's, NavConfig.context_seconds)")
     p.add_argument("--data-root", type=Path, default=Path("outputs/heldout"),

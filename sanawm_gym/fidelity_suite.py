@@ -6,6 +6,8 @@ seeds no training set uses (training sets: seeds below 1000, the shipped model s
 
 - **motion**: clips along the dataset's smooth random camera paths (seed 3100, 10 s; the
   long suite adds 60 s clips, seed 3000): PSNR, SSIM and the sharpness ratio by horizon.
+- **motion_ctx**: the motion set's first 8 clips, each after the env's look-around of the
+  start (``context_seconds``), given clean: motion as a seeded ``Nav-v0`` episode starts it.
 - **still**: the camera does not move for 10 s (seed 4000): does the scene hold?
   Scores at 2 s and 10 s; the reference is the first frame itself.
 - **revisit**: walk 1 m forward to a pose P1 (frame 16), turn 180 degrees away (frame 48)
@@ -17,6 +19,10 @@ seeds no training set uses (training sets: seeds below 1000, the shipped model s
   forward into walls and objects or smooth random: recall and precision of the collisions
   the env predicts from the generated depth against the reference world's exact ones, and
   the generated depth's error by horizon (:mod:`sanawm_gym.collision_eval`).
+
+``--memory`` (``run_suite(..., memory=True)``) scores every set a second time with the
+chunks guided by a scene memory of what the clip's start showed (:mod:`world_model.memory`;
+``Nav-v0``'s default), as ``+mem`` rows beside the model alone.
 
 The motion sets are written with the reference world's dataset writer, one clip per shard,
 so an interrupted run keeps every finished clip and resumes; still and revisit clips are
@@ -299,7 +305,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The suite's table: model and baselines per set and horizon (PSNR, SSIM, sharpness)."""
     lines = [f"fidelity suite '{report['suite']}', {_steps(report['sample_steps'], 'sampler ')}, backbone in "
              f"{report.get('precision', 'float32')}, a look-around context of "
-             f"{report['context_seconds']:g} s before the still and revisit clips; PSNR in dB against the "
+             f"{report['context_seconds']:g} s before the still, revisit and motion_ctx clips; PSNR in dB against the "
              "exact reference render; sharpness = generated / reference high-frequency energy",
              f"{'set':<9} {'at':>6} {'model':>7} {'cam off':>8} {'first fr':>9} {'AE':>6} {'SSIM':>6} {'sharp':>6} "
              f"{'cam off':>8} {'AE':>5} {'clips ahead':>12}"]
