@@ -147,8 +147,10 @@ class NavConfig:
     was never seen. ``None`` (the default): on where the model has a depth head (the
     packaged ones have); ``True`` needs one. On the fidelity suite (held out) it takes the
     still camera from 22.8 to 32.3 dB at 2 s, the revisit from 21.5 to 26.0 dB and motion
-    from 21.4 / 18.5 to 22.3 / 19.4 dB at 2 / 10 s, sharp as the reference; it costs 40 % of
-    the frames per second at one env (42 -> 26, still real time; docs/RESULTS.md)."""
+    after the look-around from 22.6 / 18.8 to 28.0 / 26.0 dB at 2 / 10 s, as sharp as the
+    reference; it costs 40 % of the frames per second at one env (42 -> 26, still real
+    time; docs/RESULTS.md). It holds what the start showed, not what the model imagines
+    beyond it."""
     collision_points: int = 1
     """Surface points (one per 5 cm voxel, from depth pixels sampled every second pixel)
     that must come within the camera radius of a frame's path for a predicted collision
