@@ -14,8 +14,9 @@ ones; the result is encoded and committed into the state instead of the raw samp
 model continues from what it showed. Where the memory has nothing (what the start never
 saw) the frame is the model's own. This is the idea of a 3D cache that conditions video
 generation (GEN3C, Ren et al. 2025), here in its simplest non-learned form: composite, then
-commit. It is an inference-time option beside the model, measured by the fidelity suite
-with and without it; it does not make the model's own prediction any better.
+commit. It runs beside the model at inference (``Nav-v0``'s default where the model has a
+depth head, ``NavConfig.scene_memory``), measured by the fidelity suite with and without it
+(``sanawm-gym fidelity --memory``); it does not make the model's own prediction any better.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class SceneMemory:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state().values())
+        return sum(t.numel() * t.element_size() for t in (self.points, self.colours, self.sizes, self.serial))
 
     def add(self, frames: np.ndarray, depth: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray,
             max_depth: float = math.inf) -> int:
@@ -143,7 +144,7 @@ class SceneMemory:
         self.points = torch.cat([self.points[stay], points[last]])[order]
         self.colours = torch.cat([self.colours[stay], colours[last]])[order]
         self.sizes = torch.cat([self.sizes[stay], sizes[last]])[order]
-        if len(self.keys) > self.capacity:  # forget the earliest added
+        if len(self.keys) > self.capacity:  # forget the earliest seen
             keep = torch.sort(torch.argsort(-self.serial, stable=True)[: self.capacity]).values
             for name in ("keys", "serial", "points", "colours", "sizes"):
                 setattr(self, name, getattr(self, name)[keep])
