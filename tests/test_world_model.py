@@ -550,8 +550,8 @@ def test_packaged_models_load_by_name_and_share_one_autoencoder(tmp_path, monkey
 
 @pytest.mark.parametrize("folder", [None, "teacher", ROOT / "checkpoints" / "world-model-32ch",
                                     ROOT / "checkpoints" / "teacher-v2-candidate", ROOT / "checkpoints" / "student-sf-probe",
-                                    ROOT / "checkpoints" / "student-ode1"],
-                         ids=["shipped", "teacher", "32ch", "v2-candidate", "sf-probe", "ode1"])
+                                    ROOT / "checkpoints" / "student-ode1", ROOT / "checkpoints" / "student-ode-sf"],
+                         ids=["shipped", "teacher", "32ch", "v2-candidate", "sf-probe", "ode1", "ode-sf"])
 def test_trained_world_models_follow_the_camera(folder, tmp_path, monkeypatch):
     """The packaged checkpoints and the ones in ``checkpoints/`` load into today's code
     and, on fresh held-out clips, beat both baselines 1 s ahead by a clear margin, each at
