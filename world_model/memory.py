@@ -209,27 +209,32 @@ def render_points(points: Tensor, colours: Tensor, sizes: Tensor, serial: Tensor
         seen = (z > _NEAR) & (cam[:, 0] * fx >= (-cx - margin) * z) & (cam[:, 0] * fx <= (width - cx + margin) * z) \
             & (cam[:, 1] * fy >= (-cy - margin) * z) & (cam[:, 1] * fy <= (height - cy + margin) * z)
         idx = torch.nonzero(seen).squeeze(1)
-        cam = cam[idx]
+        cam = cam.index_select(0, idx)
         z = cam[:, 2]
         uf, vf = fx * cam[:, 0] / z + cx, fy * cam[:, 1] / z + cy
-        a = (_FOOTPRINT * sizes[idx] * fx / z / 2).clamp(max=_MAX_HALF + 0.5)  # half-side in pixels
-        u, v = torch.round(uf).long(), torch.round(vf).long()
+        a = (_FOOTPRINT * sizes.index_select(0, idx) * fx / z / 2).clamp(max=_MAX_HALF + 0.5)  # half-side, pixels
         half = torch.floor(a + 0.5).long()
+        order = torch.argsort(half)  # points grouped by splat size: each group a slice, no masks
+        idx, uf, vf, a, z, half = (t.index_select(0, order) for t in (idx, uf, vf, a, z, half))
+        u, v = torch.round(uf).long(), torch.round(vf).long()
+        ends = torch.bincount(half, minlength=_MAX_HALF + 1).cumsum(0).tolist()
         pix, depth, dist, who = [], [], [], []
         for h in range(_MAX_HALF + 1):
-            sel = half == h
-            if not bool(sel.any()):
+            lo, hi = (ends[h - 1] if h else 0), ends[h]
+            if hi == lo:
                 continue
             d = torch.arange(-h, h + 1)
             dv, du = (t.reshape(-1) for t in torch.meshgrid(d, d, indexing="ij"))
-            uu, vv = u[sel, None] + du, v[sel, None] + dv  # (n, (2h + 1)^2)
-            ox, oy = uu - uf[sel, None], vv - vf[sel, None]  # pixel centre minus the point, in pixels
-            inside = ((uu >= 0) & (uu < width) & (vv >= 0) & (vv < height) & (ox.abs() <= a[sel, None])
-                      & (oy.abs() <= a[sel, None]))
-            pix.append((vv * width + uu)[inside])
-            depth.append(z[sel, None].expand_as(uu)[inside])
-            dist.append(torch.round((ox * ox + oy * oy) * 64).long()[inside])
-            who.append(idx[sel, None].expand_as(uu)[inside])
+            uu, vv = u[lo:hi, None] + du, v[lo:hi, None] + dv  # (n, (2h + 1)^2)
+            ox, oy = uu - uf[lo:hi, None], vv - vf[lo:hi, None]  # pixel centre minus the point, in pixels
+            ah = a[lo:hi, None]
+            inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height) & (ox.abs() <= ah) & (oy.abs() <= ah)
+            at = torch.nonzero(inside.reshape(-1)).squeeze(1)  # one index for the four gathers
+            pix.append((vv * width + uu).reshape(-1).index_select(0, at))
+            dist.append(torch.round((ox * ox + oy * oy) * 64).long().reshape(-1).index_select(0, at))
+            point = torch.div(at, uu.shape[1], rounding_mode="floor") + lo
+            depth.append(z.index_select(0, point))
+            who.append(idx.index_select(0, point))
         if not pix:
             continue
         pix, depth, dist, who = torch.cat(pix), torch.cat(depth), torch.cat(dist), torch.cat(who)
