@@ -148,7 +148,7 @@ class NavConfig:
     packaged ones have); ``True`` needs one. On the fidelity suite (held out) it takes the
     still camera from 22.8 to 32.3 dB at 2 s, the revisit from 21.5 to 26.0 dB and motion
     after the look-around from 22.6 / 18.8 to 28.0 / 26.0 dB at 2 / 10 s, as sharp as the
-    reference; it costs 40 % of the frames per second at one env (42 -> 26, still real
+    reference; it costs a third of the frames per second at one env (43 -> 28, still real
     time; docs/RESULTS.md). It holds what the start showed, not what the model imagines
     beyond it."""
     collision_points: int = 1
