@@ -30,9 +30,9 @@ from torch import nn
 from world_model.autoencoder import Autoencoder, StreamCache
 from world_model.checkpoint import CheckpointError, load_pretrained, read_pretrained_config, save_pretrained
 from world_model.diffusion import sample_chunk, sampling_times
-from world_model.memory import MemoryGuide, SceneMemory, guide_chunk
 from world_model.generation import stream_latents
 from world_model.geometry import is_rigid
+from world_model.memory import MemoryGuide, SceneMemory, guide_chunk
 from world_model.model import StreamState, WorldModelBackbone, WorldModelConfig
 
 __all__ = ["DEFAULT_WEIGHTS", "PACKAGED_MODELS", "PRECISIONS", "WorldModel", "WorldState", "component_folder", "has_native_bf16",
@@ -496,13 +496,14 @@ class WorldModel(nn.Module):
         g = torch.Generator().manual_seed(int(seed))
         num_latent = 1 + (c2w.shape[0] - 1) // k
         if context_depth is not None:
-            context_depth = np.asarray(context_depth, dtype=np.float32).reshape(-1, *self.image_hw) \
-                if np.size(context_depth) == context * self.image_hw[0] * self.image_hw[1] else None
-            if context_depth is None:
-                raise ValueError(f"context_depth must be ({context}, {self.image_hw[0]}, {self.image_hw[1]}) metres, one "
-                                 "map per context frame")
+            H, W = self.image_hw
+            context_depth = np.asarray(context_depth, dtype=np.float32)
+            if context_depth.shape not in ((context, H, W),) + (((H, W),) if context == 1 else ()):
+                raise ValueError(f"context_depth must be ({context}, {H}, {W}) metres, one map per context frame"
+                                 f"{f' (or ({H}, {W}))' if context == 1 else ''}, got {context_depth.shape}")
             if np.isnan(context_depth).any() or (context_depth <= 0).any():
                 raise ValueError("context_depth must be positive metres (inf for sky), without NaN")
+            context_depth = context_depth.reshape(context, H, W)
         frames, cache = [], None
         with autocast(precision, self._device):
             camera = self.backbone.camera(poses, torch.as_tensor(K0)[None], self.image_hw)
