@@ -17,6 +17,9 @@ generation (GEN3C, Ren et al. 2025), here in its simplest non-learned form: comp
 commit. It runs beside the model at inference (``Nav-v0``'s default where the model has a
 depth head, ``NavConfig.scene_memory``), measured by the fidelity suite with and without it
 (``sanawm-gym fidelity --memory``); it does not make the model's own prediction any better.
+Only what the episode was shown goes in: remembering the model's own frames as well (with
+the depth head's depth) was measured and rejected (it held imagined errors as firmly as
+imagined places: -1 dB at 5-10 s; docs/RESULTS.md).
 """
 
 from __future__ import annotations
