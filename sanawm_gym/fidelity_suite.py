@@ -350,16 +350,18 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]
     """Two suite reports on the same held-out sets side by side: per set and horizon the
     model's PSNR, SSIM and sharpness in each, B minus A, and on how many clips B is ahead
     (the clips are the same seeds in both, so the per-clip differences are paired); the
-    revisit's returned frame too. Raises ValueError when the reports' sets differ."""
-    if set(a["sets"]) != set(b["sets"]):
+    revisit's returned frame too. Sets in one report only (a suite that gained a set since
+    the other was run) are named and left out; ValueError when no set is in both."""
+    shared = [name for name in a["sets"] if name in b["sets"]]
+    if not shared:
         raise ValueError(f"the reports hold different sets: {sorted(a['sets'])} and {sorted(b['sets'])}")
     na, nb = names
     lines = [f"{na}: {a.get('precision', 'float32')}, {_steps(a['sample_steps'])}; {nb}: {b.get('precision', 'float32')}, "
              f"{_steps(b['sample_steps'])}; PSNR (dB), SSIM and sharpness of the model; {nb} - {na}",
              f"{'set':<9} {'at':>6} {'PSNR ' + na:>10} {'PSNR ' + nb:>10} {'diff':>7} {'clips +':>8} "
              f"{'SSIM ' + na:>10} {'SSIM ' + nb:>10} {'sharp ' + na:>10} {'sharp ' + nb:>10}"]
-    for name, ea in a["sets"].items():
-        eb = b["sets"][name]
+    for name in shared:
+        ea, eb = a["sets"][name], b["sets"][name]
         for at, ra in ea["horizons"].items():
             rb = eb["horizons"].get(at)
             if rb is None:
@@ -379,4 +381,7 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]
                          f"{xa['return_vs_first_visit_model']:.2f} / {xb['return_vs_first_visit_model']:.2f}; "
                          f"a wrong view {xa['wrong_view']:.2f})")
     lines.append(f"clips +: clips (the same seeds in both) on which {nb} scores higher than {na}.")
+    only = [(n, na) for n in a["sets"] if n not in b["sets"]] + [(n, nb) for n in b["sets"] if n not in a["sets"]]
+    if only:
+        lines.append("left out, in one report only: " + ", ".join(f"{n} ({who})" for n, who in only))
     return "\n".join(lines)

@@ -120,7 +120,7 @@ def test_suite_with_a_look_around_context_scores_from_its_end(tmp_path, monkeypa
     assert entry["curves"]["curve_first_frame"][0] == pytest.approx(PSNR_CAP)
 
 
-def test_compare_reports_pairs_the_clips_and_refuses_other_sets(tmp_path, capsys):
+def test_compare_reports_pairs_the_clips_and_leaves_out_sets_in_one_only(tmp_path, capsys):
     def row(psnr):
         return {"psnr_model": float(np.mean(psnr)), "clips_psnr_model": psnr, "ssim_model": 0.5, "sharpness_model": 0.2}
 
@@ -136,8 +136,10 @@ def test_compare_reports_pairs_the_clips_and_refuses_other_sets(tmp_path, capsys
     motion = next(line for line in table.splitlines() if line.startswith("motion"))
     assert motion.split()[2:6] == ["22.00", "22.33", "+0.33", "2/3"]  # paired per clip: 2 of 3 ahead
     assert "return" in table and "2/2" in table
+    fewer = suite.compare_reports(a, {"sample_steps": 2, "sets": {"motion": a["sets"]["motion"]}})  # a newer suite
+    assert "+0.00" in fewer and "left out, in one report only: revisit (A)" in fewer
     with pytest.raises(ValueError, match="different sets"):
-        suite.compare_reports(a, {"sample_steps": 2, "sets": {"motion": a["sets"]["motion"]}})
+        suite.compare_reports(a, {"sample_steps": 2, "sets": {"still": {"horizons": {}}}})
     from sanawm_gym.fidelity import main
 
     for name, r in (("a", a), ("b", b)):
