@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from sanawm_gym.kinematics import Sweep
+from world_model.geometry import unproject_depth
 
 __all__ = ["SurfaceMemory", "depth_points", "points_sweep", "surface_reach", "surface_sweep"]
 
@@ -40,13 +41,8 @@ def depth_points(depth: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, str
         raise ValueError(f"depth must be (K, H, W) with c2w (K, 4, 4), got {depth.shape} and {c2w.shape}")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-    H, W = depth.shape[1:]
-    v, u = np.meshgrid(np.arange(0, H, stride, dtype=np.float64), np.arange(0, W, stride, dtype=np.float64),
-                       indexing="ij")
-    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(np.asarray(intrinsics, dtype=np.float64)).T  # z = 1
+    world = unproject_depth(depth, c2w, np.asarray(intrinsics, dtype=np.float64), stride)
     z = depth[:, ::stride, ::stride]  # (K, h, w)
-    cam = rays[None] * z[..., None]  # (K, h, w, 3)
-    world = np.einsum("kij,khwj->khwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
     keep = np.isfinite(z) & (z < max_depth) & (z > 0)
     return world[keep]
 
@@ -151,18 +147,12 @@ class SurfaceMemory:
             keep = np.sort(np.argsort(-self.added, kind="stable")[:n])
             self.keys, self.added, self.points = self.keys[keep], self.added[keep], self.points[keep]
 
-    def near(self, centre: np.ndarray, radius: float, extra: np.ndarray | None = None) -> np.ndarray:
-        """The remembered points ``(M, 3)`` within ``radius`` of ``centre (3,)``, followed by
-        those of ``extra`` (points ``(N, 3)``, for example the last chunk's) within it, one
-        per voxel, in voxels the memory does not hold (see :meth:`near_split`)."""
-        known, new = self.near_split(centre, radius, extra)
-        return np.concatenate([known, new])
-
     def near_split(self, centre: np.ndarray, radius: float,
                    extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`near` as two arrays: the remembered points, and those of ``extra`` in voxels
-        the memory does not hold. Only the slab of keys whose x is in reach is looked at (the
-        keys sort by x first)."""
+        """The remembered points ``(M, 3)`` within ``radius`` of ``centre (3,)``, and those of
+        ``extra`` (points ``(N, 3)``, for example the last chunk's) within it, one per voxel,
+        in voxels the memory does not hold. Only the slab of keys whose x is in reach is
+        looked at (the keys sort by x first)."""
         c = np.asarray(centre, dtype=np.float64)
         lo, hi = np.floor((c[0] + np.array([-radius, radius])) / self.voxel).astype(np.int64) + _OFFSET
         a, b = np.searchsorted(self.keys, [max(lo, 0) << (2 * _BITS), (min(hi, _MASK) + 1) << (2 * _BITS)])

@@ -181,12 +181,14 @@ def test_surface_memory_keeps_one_point_per_voxel_fixed_in_size_and_finds_what_i
     for _ in range(20):
         c, r = rng.uniform(-1, 1, 3), rng.uniform(0.05, 1.0)
         brute = memory.points[((memory.points - c) ** 2).sum(-1) <= r * r]
-        got = memory.near(c, r)
-        assert len(got) == len(brute) and np.allclose(np.sort(got, 0), np.sort(brute, 0))
+        got, none = memory.near_split(c, r)
+        assert len(got) == len(brute) and np.allclose(np.sort(got, 0), np.sort(brute, 0)) and not len(none)
     extra = np.array([[5.01, 5.01, 5.01], [5.02, 5.02, 5.02], memory.points[0] + 1e-4])
-    near = memory.near(np.array([5.0, 5.0, 5.0]), 0.2, extra)
-    np.testing.assert_array_equal(near, [[5.01, 5.01, 5.01]])
-    assert len(memory.near(memory.points[0], 1e-3, extra)) == 1  # the voxel is held: its own point only
+    known, fresh = memory.near_split(np.array([5.0, 5.0, 5.0]), 0.2, extra)
+    assert not len(known)
+    np.testing.assert_array_equal(fresh, [[5.01, 5.01, 5.01]])
+    known, fresh = memory.near_split(memory.points[0], 1e-3, extra)
+    assert len(known) == 1 and not len(fresh)  # the voxel is held: its own point only
     # a snapshot's state restores exactly; anything else is refused with the reason
     again = SurfaceMemory(voxel=0.1, capacity=400)
     again.restore(memory.state())

@@ -876,3 +876,22 @@ def test_accepts_numpy_decorator_directly():
     assert isinstance(t_out[0], torch.Tensor) and isinstance(t_out[1], torch.Tensor)
     kw_out = f(torch.arange(3.0), b=np.ones(2))
     assert isinstance(kw_out[0], np.ndarray) and isinstance(kw_out[1], np.ndarray)
+
+
+def test_unproject_depth_lands_on_the_pixel_rays_at_the_given_z_depth():
+    from world_model.geometry import exp_se3, unproject_depth
+
+    rng = np.random.default_rng(3)
+    c2w = np.stack([np.asarray(exp_se3(rng.normal(size=6))) for _ in range(2)])
+    K = np.array([[20.0, 0, 7.5], [0, 22.0, 5.5], [0, 0, 1]])
+    depth = rng.uniform(0.5, 9.0, (2, 12, 16))
+    for stride in (1, 3):
+        world = unproject_depth(depth, c2w, K, stride)
+        assert world.shape == (2, 4 if stride == 3 else 12, 6 if stride == 3 else 16, 3) and world.dtype == np.float64
+        cam = np.einsum("fji,fhwj->fhwi", c2w[:, :3, :3], world - c2w[:, None, None, :3, 3])  # back to each camera
+        z = depth[:, ::stride, ::stride]
+        np.testing.assert_allclose(cam[..., 2], z, rtol=1e-12)
+        pix = np.einsum("ij,fhwj->fhwi", K, cam / cam[..., 2:])
+        v, u = np.meshgrid(np.arange(0, 12, stride), np.arange(0, 16, stride), indexing="ij")
+        np.testing.assert_allclose(pix[..., 0], np.broadcast_to(u, z.shape), atol=1e-9)
+        np.testing.assert_allclose(pix[..., 1], np.broadcast_to(v, z.shape), atol=1e-9)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from world_model.geometry import unproject_depth
+
 __all__ = ["MemoryGuide", "SceneMemory", "guide_chunk", "render_points"]
 
 _BITS = 19
@@ -116,12 +118,8 @@ class SceneMemory:
         if depth.shape != frames.shape[:3] or c2w.shape != (frames.shape[0], 4, 4) or K.shape != (3, 3):
             raise ValueError(f"depth must be (F, H, W) = {frames.shape[:3]}, c2w (F, 4, 4) and intrinsics (3, 3); got "
                              f"{depth.shape}, {c2w.shape}, {K.shape}")
-        F, H, W = depth.shape
         depth = np.where(depth >= max_depth, SKY_DEPTH, depth)  # inf included
-        v, u = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
-        rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T  # (H, W, 3), z = 1
-        cam = rays[None] * depth[..., None]
-        world = np.einsum("fij,fhwj->fhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
+        world = unproject_depth(depth, c2w, K)  # (F, H, W, 3) float64
         keep = np.isfinite(depth) & (depth > 0)
         frame_of = torch.as_tensor(np.nonzero(keep)[0])
         points = torch.as_tensor(world[keep], dtype=torch.float32)

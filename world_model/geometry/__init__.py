@@ -7,6 +7,7 @@ from world_model.geometry.camera import (
     plucker_map,
     pose_from_yaw_pitch,
     scale_intrinsics,
+    unproject_depth,
 )
 from world_model.geometry.metrics import CameraErrors, camera_errors, rotation_angle_deg
 from world_model.geometry.se3 import (
@@ -39,5 +40,6 @@ __all__ = [
     "relative_to_first",
     "rotation_angle_deg",
     "scale_intrinsics",
+    "unproject_depth",
     "w2c_to_c2w",
 ]

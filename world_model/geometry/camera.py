@@ -15,7 +15,8 @@ import torch
 
 from world_model.geometry._arrays import accepts_numpy
 
-__all__ = ["intrinsics_from_fov", "look_at", "pixel_rays", "plucker_map", "pose_from_yaw_pitch", "scale_intrinsics"]
+__all__ = ["intrinsics_from_fov", "look_at", "pixel_rays", "plucker_map", "pose_from_yaw_pitch", "scale_intrinsics",
+           "unproject_depth"]
 
 
 def intrinsics_from_fov(
@@ -83,6 +84,21 @@ def pixel_rays(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> t
     dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True)
     origins = c2w[..., None, None, :3, 3].expand(dirs.shape)
     return origins, dirs
+
+
+@accepts_numpy
+def unproject_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """World points of z-depth maps: ``depth (F, H, W)`` taken at ``c2w (F, 4, 4)`` with
+    ``K (3, 3)`` (pixel centres at integer coordinates), every ``stride``-th pixel in each
+    direction -> ``(F, ceil(H / stride), ceil(W / stride), 3)`` in float64 (a non-finite
+    depth gives a non-finite point)."""
+    c2w, K = c2w.double(), K.double()
+    z = depth.double()[:, ::stride, ::stride]
+    H, W = depth.shape[-2:]
+    v, u = torch.meshgrid(torch.arange(0, H, stride, dtype=torch.float64),
+                          torch.arange(0, W, stride, dtype=torch.float64), indexing="ij")
+    rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(K).T  # (h, w, 3), z = 1
+    return torch.einsum("fij,fhwj->fhwi", c2w[:, :3, :3], rays[None] * z[..., None]) + c2w[:, None, None, :3, 3]
 
 
 @accepts_numpy
