@@ -322,9 +322,20 @@ def test_training_benchmark_prints_rates_against_the_measured_peak(capsys):
     assert "GFLOP per step" in out and "matmul peak here: float32" in out and "precision 'auto' is" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:2] in (["float32", "off"], ["bfloat16", "off"])]
     assert len(rows) == len(set(r[0] for r in rows)) >= 1  # auto resolves to one of the listed precisions
-    assert all(float(r[3]) > 0 and r[5].endswith("%") for r in rows)
+    assert all(r[2] == "fused" and float(r[3]) > 0 and float(r[4]) > 0 and r[6].endswith("%") for r in rows)
     with pytest.raises(SystemExit):
         main(["--steps", "0"])
+
+
+def test_training_benchmark_fused_and_reference_ops_share_the_loss(capsys):
+    """``--ops fused reference``: both rows, the same first loss to float tolerance."""
+    from world_model.train.bench import main
+
+    assert main(["--tiny", "--batch-size", "2", "--latent-frames", "3", "--steps", "1", "--warmup", "0",
+                 "--precision", "float32", "--ops", "fused", "reference", "--peak-size", "128"]) == 0
+    rows = {r[2]: r for r in (line.split() for line in capsys.readouterr().out.splitlines()) if r[:1] == ["float32"]}
+    assert set(rows) == {"fused", "reference"}
+    assert float(rows["fused"][-1]) == pytest.approx(float(rows["reference"][-1]), abs=1e-5)
 
 
 def test_training_benchmark_compiled_backbone_keeps_the_loss(capsys):

@@ -22,6 +22,7 @@ from world_model.model.rope import apply_rope
 from world_model.model.state import GDNBlockState, SoftmaxBlockState
 from world_model.ops.dispatch import framewise_gdn, rms_norm, short_conv_frames
 from world_model.ops.framewise_gdn import GDNState
+from world_model.ops.fused import group_transform, ranged_attention
 
 __all__ = ["Block", "ChunkSoftmaxAttention", "FrameGDNAttention", "GLUMBConvFFN", "RotaryTables", "ucpe_inputs", "ucpe_output"]
 
@@ -38,34 +39,24 @@ class RotaryTables(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------- UCPE
-def _apply_groups(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``x (B, T, S, H, 4G)`` channel groups of 4 times ``m (B, T, S, 4, 4)``: ``m @ group``."""
-    g = x.unflatten(-1, (-1, 4))  # (B, T, S, H, G, 4)
-    return torch.einsum("btsij,btshgj->btshgi", m, g).flatten(-2)
-
-
 def ucpe_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, camera: CameraInputs, rope_half) -> tuple:
     """Relative-pose (GTA/UCPE-style) q, k, v of the camera branch, ``(B, T, S, H, D)`` each.
 
     The first half of each head's channels is split into groups of 4 and transformed by the
     token's ray frame: ``P^T q``, ``P^-1 k``, ``P^-1 v`` (P = world -> ray), so that
     ``q_i . k_j = q_i^T P_i P_j^-1 k_j`` depends only on the relative pose of the two rays;
-    the second half gets rotary positions (q and k).
+    the second half gets rotary positions (q and k). Through
+    :func:`~world_model.ops.fused.group_transform` (one output written in place, its
+    backward written out).
     """
-    d2 = q.shape[-1] // 2
-    p_t = camera.world_to_ray.transpose(-1, -2)
     p_inv = camera.ray_to_world
-    cos, sin = rope_half
-    q2 = torch.cat([_apply_groups(q[..., :d2], p_t), apply_rope(q[..., d2:], cos, sin)], -1)
-    k2 = torch.cat([_apply_groups(k[..., :d2], p_inv), apply_rope(k[..., d2:], cos, sin)], -1)
-    v2 = torch.cat([_apply_groups(v[..., :d2], p_inv), v[..., d2:]], -1)
-    return q2, k2, v2
+    return (group_transform(q, camera.world_to_ray, rope_half, transpose=True), group_transform(k, p_inv, rope_half),
+            group_transform(v, p_inv))
 
 
 def ucpe_output(o: torch.Tensor, camera: CameraInputs) -> torch.Tensor:
     """Map the camera branch's output back to the token's own frame: ``P o`` on the first half."""
-    d2 = o.shape[-1] // 2
-    return torch.cat([_apply_groups(o[..., :d2], camera.world_to_ray), o[..., d2:]], -1)
+    return group_transform(o, camera.world_to_ray)
 
 
 def _rms_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -258,27 +249,24 @@ class ChunkSoftmaxAttention(_GatedAttention):
     def _attend_fresh(self, q, k, v, chunk_lengths: list[int]) -> torch.Tensor:
         """Attention of a pass that starts a video (an empty state): chunk ``i`` sees the
         sink (chunk 0), the ``softmax_window_chunks`` chunks before it and itself, exactly
-        the keys the cache would hold, read as slices of this pass's own keys instead (one
-        layout copy, no cache writes, no mask: every key seen is valid). ``q, k, v (B, T,
-        S, heads, D)`` -> ``(B, T, S, heads, D)``."""
+        the keys the cache would hold, read as ranges of this pass's own keys instead (one
+        layout copy, no cache writes, no mask: every key seen is valid) by
+        :func:`~world_model.ops.fused.ranged_attention`. ``q, k, v (B, T, S, heads, D)`` ->
+        ``(B, T, S, heads, D)``."""
         B, T, S = q.shape[:3]
         W = self.cfg.softmax_window_chunks
         qh, kh, vh = (t.flatten(1, 2).transpose(1, 2).contiguous() for t in (q, k, v))  # (B, heads, T*S, D)
         starts = [0]
         for n in chunk_lengths:
             starts.append(starts[-1] + n)
-        outs = []
+        blocks = []
         for i in range(len(chunk_lengths)):
             lo = 0 if W < 0 else max(i - W, 1) if W > 0 else i  # first chunk of the window (chunk 0 is the sink)
             end = starts[i + 1] * S
-            if lo <= 1:
-                keys, vals = kh[:, :, :end], vh[:, :, :end]  # the sink and the window are one slice
-            else:
-                sink, window = slice(0, starts[1] * S), slice(starts[lo] * S, end)
-                keys = torch.cat([kh[:, :, sink], kh[:, :, window]], 2)
-                vals = torch.cat([vh[:, :, sink], vh[:, :, window]], 2)
-            outs.append(F.scaled_dot_product_attention(qh[:, :, starts[i] * S:end], keys, vals))
-        return torch.cat(outs, 2).transpose(1, 2).unflatten(1, (T, S))
+            # the sink and the window are one range when they touch
+            ranges = ((0, end),) if lo <= 1 else ((0, starts[1] * S), (starts[lo] * S, end))
+            blocks.append((starts[i] * S, end, ranges))
+        return ranged_attention(qh, kh, vh, tuple(blocks)).transpose(1, 2).unflatten(1, (T, S))
 
     def forward(self, x: torch.Tensor, chunk_lengths: list[int], rope: RotaryTables, camera: CameraInputs | None,
                 state: SoftmaxBlockState, chunk_index: torch.Tensor, commit: bool = True,
@@ -356,9 +344,9 @@ class GLUMBConvFFN(nn.Module):
         y = y.reshape(B * T, h, w, -1).permute(0, 3, 1, 2)  # (B*T, 2hid, h, w), channels-last strides
         y = self.depthwise(y).permute(0, 2, 3, 1).reshape(B, T, S, -1)
         a, g = y.chunk(2, -1)
-        y = a * F.silu(g)  # (B, T, S, hid)
-        t, cache = short_conv_frames(y.float(), self.temporal, cache)
-        return self.project((y.float() + t).to(x.dtype)), cache
+        y = (a * F.silu(g)).float()  # (B, T, S, hid)
+        t, cache = short_conv_frames(y, self.temporal, cache)
+        return self.project((y + t).to(x.dtype)), cache
 
 
 # ------------------------------------------------------------------------------------ block

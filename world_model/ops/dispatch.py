@@ -24,8 +24,10 @@ from types import ModuleType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from world_model.ops.framewise_gdn import GDNOutput, GDNState, framewise_gdn_torch
+from world_model.ops.fused import fused_ops_enabled, short_conv_frames_fused, short_conv_frames_reference
 
 __all__ = [
     "framewise_gdn",
@@ -161,16 +163,18 @@ def short_conv_frames_torch(
     previous call). Returns ``(y [B, T, S, C] in x.dtype, new_cache [B, W-1, S, C])``, so a
     chunk-by-chunk call carrying the cache equals one call over the whole sequence.
     """
+    return _short_conv(x, weight, cache, short_conv_frames_reference)
+
+
+def _short_conv(x, weight, cache, conv) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checks, the frames before the first (``cache`` or zeros) and the next cache around
+    ``conv(x, weight, past)`` computed in float32 (float64 for float64)."""
     _check_short_conv(x, weight, cache)
     B, T, S, C = x.shape
     W = weight.shape[1]
     compute = torch.promote_types(x.dtype, torch.float32)
     past = x.new_zeros(B, W - 1, S, C, dtype=compute) if cache is None else cache.to(compute)
-    xx = torch.cat([past, x.to(compute)], dim=1)                 # [B, W-1+T, S, C]
-    w = weight.to(compute)
-    y = xx[:, W - 1:] * w[:, W - 1]
-    for i in range(W - 1):
-        y = y + xx[:, i:i + T] * w[:, i]                         # [B, T, S, C]
+    y = conv(x.to(compute), weight.to(compute), past)
     return y.to(x.dtype), _next_cache(x, cache, W)
 
 
@@ -182,14 +186,15 @@ def short_conv_frames(
     Same contract as :func:`short_conv_frames_torch` (x: [B, T, S, C], weight: [C, W],
     cache: [B, W-1, S, C]; returns ``(y [B, T, S, C], new_cache [B, W-1, S, C])``). On CUDA
     it runs fla's ``causal_conv1d`` on x seen as ``[B*S, T, C]`` (one sequence per token
-    position), the cache passed as fla's ``[B*S, C, W]`` initial state.
+    position), the cache passed as fla's ``[B*S, C, W]`` initial state; elsewhere the
+    fused form :func:`~world_model.ops.fused.short_conv_frames_fused` (hand-written backward).
     """
     if not x.is_cuda:
-        return short_conv_frames_torch(x, weight, cache)
+        return _short_conv(x, weight, cache, short_conv_frames_fused)
     _check_short_conv(x, weight, cache)
     fla = _fla_ops()
     if fla is None:
-        return short_conv_frames_torch(x, weight, cache)
+        return _short_conv(x, weight, cache, short_conv_frames_fused)
     B, T, S, C = x.shape
     W = weight.shape[1]
     seqs = x.permute(0, 2, 1, 3).reshape(B * S, T, C)           # [B*S, T, C]
@@ -233,10 +238,14 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dim: ``x / sqrt(mean(x^2) + eps) * weight`` (x: [..., C], weight: [C]).
 
-    fla's fused Triton RMSNorm on CUDA (float16 / bfloat16 / float32), :func:`rms_norm_torch`
-    otherwise. Returned in x.dtype.
+    fla's fused Triton RMSNorm on CUDA (float16 / bfloat16 / float32); on CPU for float32 /
+    float64 PyTorch's fused ``F.rms_norm`` (the same values; outside
+    :func:`~world_model.ops.fused.reference_ops`), :func:`rms_norm_torch` otherwise. Returned in x.dtype.
     """
     if not x.is_cuda or x.dtype == torch.float64:
+        if x.dtype in (torch.float32, torch.float64) and fused_ops_enabled():
+            _check_rms_norm(x, weight)
+            return F.rms_norm(x, x.shape[-1:], weight if weight is None else weight.to(x.dtype), eps)  # one kernel each way
         return rms_norm_torch(x, weight, eps)
     _check_rms_norm(x, weight)
     fla = _fla_ops()

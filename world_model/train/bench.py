@@ -4,6 +4,7 @@ bfloat16 autocast, side by side.
 
     python -m world_model.train.bench                                   # shipped architecture, batch 4 x 16 latent frames
     python -m world_model.train.bench --compile off on --precision float32 bfloat16 --threads 2
+    python -m world_model.train.bench --precision float32 bfloat16 --ops fused reference
 
 One step is what the training loop does: the flow-matching loss of a batch of latent
 clips (random latents and smooth random camera paths: timing does not depend on the
@@ -13,7 +14,9 @@ GFLOP/s is that over the median step time; the peak is the median rate of a squa
 (and, where timed, bfloat16) matmul of ``--peak-size`` in this process, with the same
 threads. ``precision auto`` is what training would pick: bfloat16 only where the CPU has
 native bf16 matrix units (AMX), else float32. Each mode reports the losses of its first
-step, which compiled and eager runs must share to float tolerance.
+step, which compiled and eager runs (and the two ``--ops``) must share to float tolerance.
+The modes take turns step by step (median over ``--steps`` turns), so that the ratios hold
+on a noisy machine.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from world_model.diffusion import FlowMatchingConfig, flow_matching_loss
 from world_model.geometry import exp_se3, intrinsics_from_fov
 from world_model.model import WorldModelBackbone, WorldModelConfig
+from world_model.ops.fused import reference_ops
 from world_model.world_model import has_native_bf16, resolve_precision
 
 __all__ = ["main", "make_batch", "matmul_peak", "step_flops", "train_step"]
@@ -82,6 +86,10 @@ class _Objective(torch.nn.Module):
         return loss
 
 
+def _ops(ops: str) -> contextlib.AbstractContextManager:
+    return reference_ops() if ops == "reference" else contextlib.nullcontext()
+
+
 def train_step(objective, optimizer, batch: dict[str, torch.Tensor], precision: str, seed: int) -> float:
     """One optimisation step; returns the loss."""
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
@@ -117,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="eager (off), torch.compile of the whole loss (on), or of the backbone's passes only (backbone)")
     p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
                    help="precisions side by side (auto: bfloat16 only with native bf16 matrix units)")
+    p.add_argument("--ops", nargs="+", default=["fused"], choices=["fused", "reference"],
+                   help="the fused CPU forms of the glue (world_model.ops.fused, the default) or their "
+                        "autograd references, side by side")
     p.add_argument("--threads", type=int, default=1, help="torch threads (training runs one per process)")
     p.add_argument("--peak-size", type=int, default=1024, help="side of the square matmul that measures the peak")
     p.add_argument("--tiny", action="store_true", help="a very small backbone (for smoke tests)")
@@ -140,29 +151,34 @@ def main(argv: list[str] | None = None) -> int:
           f"(3x the counted forward), {torch.get_num_threads()} threads; precision 'auto' is {resolve_precision('auto')} "
           f"here (native bf16 matrix units: {'yes' if has_native_bf16() else 'no'})")
     print("matmul peak here: " + ", ".join(f"{x} {v:.1f} GFLOP/s" for x, v in peaks.items()))
-    print(f"{'precision':>9} {'compile':>8} {'s/step':>8} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} "
+    print(f"{'precision':>9} {'compile':>8} {'ops':>9} {'s/step':>8} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} "
           f"{'x base':>7} {'first loss':>11}")
-    base = None
-    for mode in args.compile:
-        for precision in precisions:
-            model = copy.deepcopy(backbone).train()
-            objective = _Objective(model, FlowMatchingConfig(), compiled_backbone=mode == "backbone")
-            run = torch.compile(objective) if mode == "on" else objective
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    modes = [(mode, precision, ops) for mode in args.compile for precision in precisions for ops in args.ops]
+    runs = []
+    for mode, precision, ops in modes:
+        model = copy.deepcopy(backbone).train()
+        objective = _Objective(model, FlowMatchingConfig(), compiled_backbone=mode == "backbone")
+        run = torch.compile(objective) if mode == "on" else objective
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        with _ops(ops):
             first = train_step(run, optimizer, batch, precision, seed=0)
             for i in range(args.warmup):
                 train_step(run, optimizer, batch, precision, seed=1 + i)
-            times = []
-            for i in range(args.steps):
+        runs.append((run, optimizer, first, []))
+    for i in range(args.steps):  # the modes take turns, so that a busy spell slows them alike
+        for (mode, precision, ops), (run, optimizer, _, times) in zip(modes, runs):
+            with _ops(ops):
                 t0 = time.perf_counter()
                 train_step(run, optimizer, batch, precision, seed=100 + i)
                 times.append(time.perf_counter() - t0)
-            sec = statistics.median(times)
-            rate = flops / sec / 1e9
-            base = base or args.batch_size / sec
-            print(f"{precision:>9} {mode:>8} {sec:>8.3f} {args.batch_size / sec:>10.2f} "
-                  f"{rate:>8.1f} {100 * rate / peaks[precision]:>6.1f}% {args.batch_size / sec / base:>6.2f}x "
-                  f"{first:>11.6f}", flush=True)
+    base = None
+    for (mode, precision, ops), (_, _, first, times) in zip(modes, runs):
+        sec = statistics.median(times)
+        rate = flops / sec / 1e9
+        base = base or args.batch_size / sec
+        print(f"{precision:>9} {mode:>8} {ops:>9} {sec:>8.3f} {args.batch_size / sec:>10.2f} "
+              f"{rate:>8.1f} {100 * rate / peaks[precision]:>6.1f}% {args.batch_size / sec / base:>6.2f}x "
+              f"{first:>11.6f}", flush=True)
     return 0
 
 

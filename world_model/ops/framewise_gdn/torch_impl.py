@@ -7,16 +7,16 @@ Same result as :func:`.naive.framewise_gdn_naive`, computed so that PyTorch does
 - no Dk x Dk identity: ``h_t = gamma_t h_{t-1} + (B_t K_t)^T (V_t - K_t gamma_t h_{t-1})``
   with ``K_t: [S, Dk]`` (one row per token), the transpose of
   ``S_t = gamma_t S_{t-1} (I - K_t B_t K_t^T) + V_t B_t K_t^T``; two ``baddbmm`` per frame;
-- one forward scan over all T frames, the output read on the fly per frame; the frames
-  taken with ``unbind`` (one view per frame, whose backward is one ``stack``), not indexed
-  one by one (each index's backward would write a zero tensor of the whole input);
-- the normaliser runs in the same scan as the numerator: its rows are appended to the
-  numerator's, with ``V = 1`` widened to ``Dv`` columns (every column is ``z``), so one
-  loop of batched matmuls serves both;
+- one forward scan over all T frames, the output read on the fly per frame: by default
+  :func:`~world_model.ops.fused.delta_scan_fused` (its backward scan written out; each
+  frame's states kept), with ``fused=False`` :func:`delta_scan` through autograd (the
+  frames taken with ``unbind``: one view per frame, whose backward is one ``stack``);
+- the normaliser is its own scan of the same recurrence with ``V = 1`` (one column: the
+  state is ``z``), so the numerator's rows are not copied into a wider batch;
 - the backward scans of all chunks at once: chunks sorted by length, loop over the position
   counted back from each chunk's end (at most max(chunk_lengths) - 1 steps, not T), the
   chunks that have run out dropped from the batch;
-- no per-frame state is ever stored, and no in-place writes, so autograd works through it.
+- the autograd form stores no per-frame state and writes nothing in place.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from world_model.ops.framewise_gdn.inputs import prepare_inputs
+from world_model.ops.fused import delta_scan_fused, fused_ops_enabled
 from world_model.ops.framewise_gdn.state import GDNOutput, GDNState
 
 
@@ -43,6 +44,20 @@ def frame_update(
     return torch.baddbmm(h, K_beta.transpose(1, 2), residual)    # [N, Dk, Dv]
 
 
+def delta_scan(
+    q: torch.Tensor, k: torch.Tensor, k_beta: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor, h0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward scan over all T frames, inclusive, carried from ``h0``, through autograd (the
+    reference of :func:`~world_model.ops.fused.delta_scan_fused`): q, k, k_beta [N, T, S, Dk],
+    v [N, T, S, Dv], gamma [N, T], h0 [N, Dk, Dv] -> (out [N, T, S, Dv], h_{T-1})."""
+    h = h0
+    forward_out = []
+    for q_t, k_t, kb_t, v_t, g_t in zip(q.unbind(1), k.unbind(1), k_beta.unbind(1), v.unbind(1), gamma.unbind(1)):
+        h = frame_update(h, k_t, kb_t, v_t, g_t)
+        forward_out.append(torch.bmm(q_t, h))                    # [N, S, Dv]
+    return torch.stack(forward_out, dim=1), h
+
+
 def _chunk_causal_scan(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -51,6 +66,7 @@ def _chunk_causal_scan(
     gamma: torch.Tensor,
     h0: torch.Tensor,
     chunk_lengths: tuple[int, ...],
+    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward + exclusive per-chunk backward scan; N = B * H rows, frames second.
 
@@ -63,13 +79,7 @@ def _chunk_causal_scan(
     k_beta = k * beta[..., None]                                 # [N, T, S, Dk]
 
     # (1) forward scan over all frames, inclusive, carried across chunks
-    h = h0
-    forward_out = []
-    for q_t, k_t, kb_t, v_t, g_t in zip(q.unbind(1), k.unbind(1), k_beta.unbind(1), v.unbind(1), gamma.unbind(1)):
-        h = frame_update(h, k_t, kb_t, v_t, g_t)
-        forward_out.append(torch.bmm(q_t, h))                    # [N, S, Dv]
-    out = torch.stack(forward_out, dim=1)                        # [N, T, S, Dv]
-    h_final = h
+    out, h_final = (delta_scan_fused if fused else delta_scan)(q, k, k_beta, v, gamma, h0)  # [N, T, S, Dv]
     if max(chunk_lengths) == 1:
         return out, h_final                                      # every backward state is zero
 
@@ -112,6 +122,7 @@ def framewise_gdn_torch(
     q_den: torch.Tensor | None = None,
     k_den: torch.Tensor | None = None,
     initial_state: GDNState | None = None,
+    fused: bool | None = None,
 ) -> GDNOutput:
     """Chunk-causal frame-wise gated delta rule, batched PyTorch form.
 
@@ -128,8 +139,12 @@ def framewise_gdn_torch(
     backward (exclusive, from zero at each chunk's end) state; see
     :func:`~world_model.ops.framewise_gdn.naive.framewise_gdn_naive` for the full statement.
     Returns float32 (float64 if any input is float64) and the forward state after frame T-1.
+    ``fused=True``: the forward scan through :func:`~world_model.ops.fused.delta_scan_fused`
+    (its backward written out); ``False``: through autograd (:func:`delta_scan`, the
+    reference); ``None`` (default): fused except inside :func:`~world_model.ops.fused.reference_ops`.
     """
     x = prepare_inputs(q, k, v, beta, gamma, chunk_lengths, q_den, k_den, initial_state)
+    fused = fused_ops_enabled() if fused is None else fused
 
     B, T, S, H, Dk = x.q.shape
     Dv = x.v.shape[-1]
@@ -143,18 +158,15 @@ def framewise_gdn_torch(
     q_r, k_r, v_r = rows(x.q), rows(x.k), rows(x.v)
     h0 = x.S0.transpose(-1, -2).flatten(0, 1)                    # [N, Dk, Dv]
     N = B * H
-    if x.with_denominator:  # the normaliser's rows after the numerator's: V = 1 in every one of Dv columns
-        q_r, k_r = torch.cat([q_r, rows(x.q_den)]), torch.cat([k_r, rows(x.k_den)])
-        v_r = torch.cat([v_r, v_r.new_ones(()).expand(N, T, S, Dv)])
-        beta_r, gamma_r = beta_r.repeat(2, 1, 1), gamma_r.repeat(2, 1)
-        h0 = torch.cat([h0, x.z0.reshape(N, Dk, 1).expand(N, Dk, Dv)])
-
-    out, h_final = _chunk_causal_scan(q_r, k_r, v_r, beta_r, gamma_r, h0, x.chunk_lengths)
-    numerator = out[:N].view(B, H, T, S, Dv).movedim(1, 3).contiguous()      # [B, T, S, H, Dv]
-    state_S = h_final[:N].view(B, H, Dk, Dv).transpose(-1, -2).contiguous()  # [B, H, Dv, Dk]
+    out, h_final = _chunk_causal_scan(q_r, k_r, v_r, beta_r, gamma_r, h0, x.chunk_lengths, fused)
+    numerator = out.reshape(B, H, T, S, Dv).movedim(1, 3).contiguous()      # [B, T, S, H, Dv]
+    state_S = h_final.view(B, H, Dk, Dv).transpose(-1, -2).contiguous()    # [B, H, Dv, Dk]
 
     denominator, state_z = None, None
-    if x.with_denominator:
-        denominator = out[N:, ..., 0].view(B, H, T, S).movedim(1, 3).contiguous()  # [B, T, S, H]
-        state_z = h_final[N:, :, 0].reshape(B, H, Dk)                              # [B, H, Dk]
+    if x.with_denominator:  # the normaliser: the same recurrence with V = 1 (one column)
+        ones = v_r.new_ones(()).expand(N, T, S, 1)
+        out, h_final = _chunk_causal_scan(rows(x.q_den), rows(x.k_den), ones, beta_r, gamma_r, x.z0.reshape(N, Dk, 1),
+                                          x.chunk_lengths, fused)
+        denominator = out[..., 0].reshape(B, H, T, S).movedim(1, 3).contiguous()  # [B, T, S, H]
+        state_z = h_final[..., 0].reshape(B, H, Dk)                                # [B, H, Dk]
     return GDNOutput(numerator=numerator, denominator=denominator, state=GDNState(S=state_S, z=state_z))
