@@ -295,7 +295,7 @@ def _bench_vector_env(args: argparse.Namespace) -> int:
                        for name, m in models.items())
     print(f"SanaWM/Nav-v0 native vector env, backbone passes per step ({passes}), "
           f"{next(iter(models.values())).config.frames_per_latent} frames per step; precision 'auto' is "
-          f"{resolve_precision('auto')} here (native bf16 matrix units: {'yes' if has_native_bf16() else 'no'}); "
+          f"{resolve_precision('auto')} here (bf16 matmul in hardware, AMX or AVX-512 BF16: {'yes' if has_native_bf16() else 'no'}); "
           f"threads 'auto': 1 below 16 envs, else all CPUs; x N=1 compares within one model and mode, x base with "
           f"the first model and mode at the same N; reset: ms per seeded reset of all N envs (the look-around "
           f"context rendered and committed), the mean of {RESETS}")
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "models (default, teacher), measured side by side (default: the default one)")
     b.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["auto", "float32", "bfloat16"],
                    help="`bench env`: precisions to measure side by side (x N=1 is within one precision); 'auto' "
-                        "is what the env picks by default (bfloat16 only with native bf16 matrix units)")
+                        "is what the env picks by default (bfloat16 only with bf16 matmul in hardware: AMX or AVX-512 BF16)")
     b.add_argument("--threads", nargs="+", default=["auto"], type=THREADS,
                    help="`bench env`: torch threads to measure side by side: 'auto' (the env's default: 1 below 16 "
                         "envs, else all CPUs) or integers >= 1")

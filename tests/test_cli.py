@@ -69,7 +69,7 @@ def test_bench_env_prints_frames_per_second_by_batch_size(tmp_path):
     assert "precision 'auto' is " in stdout and "* chosen by precision='auto'" in stdout
     rows = [line.split()[:1] + line.split()[2:] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [(r[0], r[1].rstrip("*"), r[3]) for r in rows] == [("1", "float32", "1"), ("1", "float32", "2")] or \
-        [r[1] for r in rows] == ["bfloat16*", "bfloat16*"]  # auto: float32 without native bf16 matrix units
+        [r[1] for r in rows] == ["bfloat16*", "bfloat16*"]  # auto: float32 without bf16 matmul in hardware
     # two models side by side (a 1-step and a 2-step sampler): x base compares them at the same N
     WorldModel(ae, backbone, sample_steps=2).save_pretrained(tmp_path / "wm2")
     stdout = run_cli("bench", "env", "--model", str(tmp_path / "wm"), str(tmp_path / "wm2"), "--num-envs", "1",

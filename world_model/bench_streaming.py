@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batch-sizes must be at least 1, got {args.batch_sizes}")
     torch.set_num_threads(args.threads)
     auto = resolve_precision("auto")
-    print(f"precision='auto' picks {auto} on this machine (native bf16 matrix units: "
+    print(f"precision='auto' picks {auto} on this machine (bf16 matmul in hardware, AMX or AVX-512 BF16: "
           f"{'yes' if has_native_bf16() else 'no'}); both are timed below")
     torch.manual_seed(0)
     cfg = WorldModelConfig.tiny()

@@ -40,11 +40,13 @@ __all__ = ["DEFAULT_WEIGHTS", "PACKAGED_MODELS", "PRECISIONS", "WorldModel", "Wo
            "load_backbone", "packaged_model", "resolve_precision"]
 
 PRECISIONS = ("auto", "float32", "bfloat16", "nvfp4", "int8")
-"""How :class:`WorldModel` computes: ``float32``, ``bfloat16`` autocast (matmuls and
-convolutions in bfloat16, the GDN recurrence, norms and softmax statistics still in float32),
-or ``auto`` (the default): bfloat16 where the device has native bf16 matrix units (a CUDA
-GPU that supports bf16, a CPU with AMX), float32 elsewhere, where bf16 matmuls are emulated
-and 3-4x slower than float32. :func:`resolve_precision` says which ``auto`` picks.
+"""How :class:`WorldModel` computes: ``float32``, ``bfloat16`` autocast (the linear layers'
+matmuls and the convolutions in bfloat16; the GDN recurrence, the UCPE camera transforms,
+softmax attention and the norms in float32),
+or ``auto`` (the default): bfloat16 where the device multiplies bf16 in hardware (a CUDA
+GPU that supports bf16, a CPU with AMX or AVX-512 BF16: :func:`has_native_bf16`), float32
+elsewhere, where bf16 matmuls are emulated and 3-13x slower than float32.
+:func:`resolve_precision` says which ``auto`` picks.
 ``nvfp4`` (4-bit weights and activations) and ``int8`` (8-bit weights) run the backbone's
 linear layers in that format, the camera conditioning and the autoencoder in float32
 (:mod:`world_model.quantization`); on CPU this emulates the format's arithmetic to measure
@@ -65,13 +67,16 @@ def _cpu_flags() -> frozenset[str]:
 
 def has_native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA device that supports
-    bf16, or a CPU with AMX tiles for bf16 (``amx_bf16`` in ``/proc/cpuinfo``). AVX-512 BF16
-    alone does not count: it converts and dots vectors, and on such CPUs PyTorch's bf16
-    matmuls measure 3-4x slower than float32."""
+    bf16, or an x86 CPU with AMX tiles (``amx_bf16``) or AVX-512 bf16 dot products
+    (``avx512_bf16``), read from ``/proc/cpuinfo`` at run time. Measured on an AMD EPYC with
+    ``avx512_bf16`` and no AMX (docs/RESULTS.md): the bf16 matmul peak 2.1x float32's, the
+    training step x1.3 and ``Nav-v0`` x1.1-1.2 under bf16 autocast, the fidelity suite within
+    0.03 dB. Without either flag (AVX-512F alone, or no AVX-512) PyTorch emulates bf16
+    matmuls, measured 3-13x slower than float32."""
     device = torch.device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return platform.machine().lower() in ("x86_64", "amd64") and "amx_bf16" in _cpu_flags()
+    return platform.machine().lower() in ("x86_64", "amd64") and bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

@@ -104,7 +104,7 @@ class NavConfig:
     """Add ``info["generation_time_s"]`` (off by default: a wall-clock time makes two
     identically seeded runs' infos differ, which ``check_env`` rejects)."""
     precision: str = "auto"
-    """``"auto"`` (bfloat16 where the device has native bf16 matrix units, else float32),
+    """``"auto"`` (bfloat16 where the device has bf16 matmul in hardware: AMX or AVX-512 BF16; else float32),
     ``"float32"``, ``"bfloat16"``, or a low-bit backbone: ``"nvfp4"`` (4-bit weights and
     activations) or ``"int8"`` (8-bit weights), camera conditioning and autoencoder in
     float32. On CPU the low-bit modes emulate the format's arithmetic (a fidelity
@@ -653,7 +653,7 @@ _ARGUMENTS = """
     ``action_mode``, ``obs_mode``, ``fov_deg``, ``scene_config``, ``motion``, ``task``,
     ``reference_frames``, ``timing_info``, ``context_seconds``, ``depth``, ``collisions``,
     ``collision_points``, ``precision`` (``"auto"``: bfloat16 only where the
-    CPU or GPU has native bf16 matrix units, else float32), ``compile``, ``threads`` (torch
+    CPU or GPU has bf16 matmul in hardware: AMX or AVX-512 BF16; else float32), ``compile``, ``threads`` (torch
     threads, process-wide; default 1 below 16 envs); plus ``model`` (a ``WorldModel``, a
     checkpoint folder, a packaged model's name such as ``"teacher"``, or None for the
     package's default) and ``render_mode``. The env's

@@ -53,7 +53,7 @@ _state = threading.local()
 def fused_ops_enabled() -> bool:
     """False inside :func:`reference_ops` (in this thread) and while ``torch.compile`` traces
     (a compiled region gets the reference forms, which its compiler fuses itself)."""
-    return getattr(_state, "enabled", True) and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and getattr(_state, "enabled", True)  # no thread-local read in a trace
 
 
 @contextlib.contextmanager
@@ -186,10 +186,9 @@ def delta_scan_fused(q, k, k_beta, v, gamma, h0):
     ``q, k, k_beta [N, T, S, Dk]``, ``v [N, T, S, Dv]`` (an expanded view is fine),
     ``gamma [N, T]``, ``h0 [N, Dk, Dv]`` -> ``(out [N, T, S, Dv] = q_t h_t, h_{T-1} [N, Dk,
     Dv])``, with a backward scan written out (no per-op autograd graph). Runs in the inputs'
-    dtype with autocast off (the matmuls of the recurrence stay float32 under bfloat16
+    dtype (the caller turns autocast off: the recurrence stays float32 under bfloat16
     autocast, as in the Triton kernel)."""
-    with torch.autocast(q.device.type, enabled=False):
-        return _DeltaScan.apply(q, k, k_beta, v, gamma, h0)
+    return _DeltaScan.apply(q, k, k_beta, v, gamma, h0)
 
 
 Blocks = tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...]
@@ -255,12 +254,13 @@ def ranged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: 
     blocks: the query rows ``q_lo:q_hi`` of each block attend to the keys of its ranges
     (concatenated in order); the blocks' query rows must tile ``0:L`` in order. -> ``[B,
     heads, L, D]``. On CPU through the flash attention kernels, forward and backward (no
-    per-block zero tensors in the backward pass) in the inputs' dtype, autocast off (on a CPU
-    without AMX, bfloat16 attention measured slower than float32); elsewhere, or where those
-    kernels are missing, :func:`ranged_attention_reference`."""
-    if q.is_cuda or _flash_ops() is None or not fused_ops_enabled():
-        return ranged_attention_reference(q, k, v, blocks)
+    per-block zero tensors in the backward pass); elsewhere, or where those kernels are
+    missing, :func:`ranged_attention_reference`. Either runs in the inputs' dtype with
+    autocast off (on a CPU without AMX, bfloat16 attention measured slower than float32), so
+    that the two agree under autocast too."""
     with torch.autocast(q.device.type, enabled=False):
+        if q.is_cuda or _flash_ops() is None or not fused_ops_enabled():
+            return ranged_attention_reference(q, k, v, blocks)
         return _RangedAttention.apply(q, k, v, blocks)
 
 
@@ -338,15 +338,17 @@ def group_transform(x: torch.Tensor, m: torch.Tensor, rope: tuple[torch.Tensor, 
     the second half's channel pairs rotated by ``rope = (cos, sin)`` (broadcasting to ``(B,
     T, S, H, D/4)``), or copied when ``rope`` is None. Gradients flow to ``x`` only (the
     camera's matrices and the rotary tables are constants of the pass). Computed in float32
-    (float64 for float64) as one matmul per token against ``m``'s block-diagonal form
-    (built once per matrix and pass), returned in ``x``'s dtype."""
-    if not fused_ops_enabled() or m.requires_grad or (rope is not None and any(t.requires_grad for t in rope)):
-        return group_transform_reference(x, m.transpose(-1, -2) if transpose else m, rope)
+    (float64 for float64; autocast off, the reference too) as one matmul per token against
+    ``m``'s block-diagonal form (built once per matrix and pass), returned in ``x``'s dtype."""
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    blocks = _block_diagonal(m, x.shape[-1] // 8, compute)
     with torch.autocast(x.device.type, enabled=False):
-        out = _GroupTransform.apply(x.to(compute).contiguous(), blocks.transpose(1, 2) if transpose else blocks,
-                                    _rotation(rope, compute))
+        if not fused_ops_enabled() or m.requires_grad or (rope is not None and any(t.requires_grad for t in rope)):
+            out = group_transform_reference(x.to(compute), (m.transpose(-1, -2) if transpose else m).to(compute),
+                                            rope)
+        else:
+            blocks = _block_diagonal(m, x.shape[-1] // 8, compute)
+            out = _GroupTransform.apply(x.to(compute).contiguous(), blocks.transpose(1, 2) if transpose else blocks,
+                                        _rotation(rope, compute))
     return out.to(x.dtype)
 
 

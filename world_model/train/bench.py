@@ -13,7 +13,7 @@ as ``torch.utils.flop_counter`` counts them (matmuls and convolutions); achieved
 GFLOP/s is that over the median step time; the peak is the median rate of a square float32
 (and, where timed, bfloat16) matmul of ``--peak-size`` in this process, with the same
 threads. ``precision auto`` is what training would pick: bfloat16 only where the CPU has
-native bf16 matrix units (AMX), else float32. Each mode reports the losses of its first
+bf16 matmul in hardware (AMX or AVX-512 BF16), else float32. Each mode reports the losses of its first
 step, which compiled and eager runs (and the two ``--ops``) must share to float tolerance.
 The modes take turns step by step (median over ``--steps`` turns), so that the ratios hold
 on a noisy machine.
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on", "backbone"],
                    help="eager (off), torch.compile of the whole loss (on), or of the backbone's passes only (backbone)")
     p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
-                   help="precisions side by side (auto: bfloat16 only with native bf16 matrix units)")
+                   help="precisions side by side (auto: bfloat16 only with bf16 matmul in hardware: AMX or AVX-512 BF16)")
     p.add_argument("--ops", nargs="+", default=["fused"], choices=["fused", "reference"],
                    help="the fused CPU forms of the glue (world_model.ops.fused, the default) or their "
                         "autograd references, side by side")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher training step: batch {args.batch_size} x {args.latent_frames} latent frames, "
           f"{sum(t.numel() for t in backbone.parameters()):,} parameters, {flops / 1e9:.2f} GFLOP per step "
           f"(3x the counted forward), {torch.get_num_threads()} threads; precision 'auto' is {resolve_precision('auto')} "
-          f"here (native bf16 matrix units: {'yes' if has_native_bf16() else 'no'})")
+          f"here (bf16 matmul in hardware, AMX or AVX-512 BF16: {'yes' if has_native_bf16() else 'no'})")
     print("matmul peak here: " + ", ".join(f"{x} {v:.1f} GFLOP/s" for x, v in peaks.items()))
     print(f"{'precision':>9} {'compile':>8} {'ops':>9} {'s/step':>8} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} "
           f"{'x base':>7} {'first loss':>11}")

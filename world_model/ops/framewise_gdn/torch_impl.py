@@ -138,7 +138,8 @@ def framewise_gdn_torch(
     with S^f the forward (inclusive, from ``initial_state``, across chunks) and S^b the
     backward (exclusive, from zero at each chunk's end) state; see
     :func:`~world_model.ops.framewise_gdn.naive.framewise_gdn_naive` for the full statement.
-    Returns float32 (float64 if any input is float64) and the forward state after frame T-1.
+    Returns float32 (float64 if any input is float64) and the forward state after frame T-1;
+    the recurrence runs in that dtype with autocast off.
     ``fused=True``: the forward scan through :func:`~world_model.ops.fused.delta_scan_fused`
     (its backward written out); ``False``: through autograd (:func:`delta_scan`, the
     reference); ``None`` (default): fused except inside :func:`~world_model.ops.fused.reference_ops`.
@@ -158,15 +159,18 @@ def framewise_gdn_torch(
     q_r, k_r, v_r = rows(x.q), rows(x.k), rows(x.v)
     h0 = x.S0.transpose(-1, -2).flatten(0, 1)                    # [N, Dk, Dv]
     N = B * H
-    out, h_final = _chunk_causal_scan(q_r, k_r, v_r, beta_r, gamma_r, h0, x.chunk_lengths, fused)
+    no_autocast = torch.autocast(q_r.device.type, enabled=False)  # the recurrence in the compute dtype, always
+    with no_autocast:
+        out, h_final = _chunk_causal_scan(q_r, k_r, v_r, beta_r, gamma_r, h0, x.chunk_lengths, fused)
     numerator = out.reshape(B, H, T, S, Dv).movedim(1, 3).contiguous()      # [B, T, S, H, Dv]
     state_S = h_final.view(B, H, Dk, Dv).transpose(-1, -2).contiguous()    # [B, H, Dv, Dk]
 
     denominator, state_z = None, None
     if x.with_denominator:  # the normaliser: the same recurrence with V = 1 (one column)
         ones = v_r.new_ones(()).expand(N, T, S, 1)
-        out, h_final = _chunk_causal_scan(rows(x.q_den), rows(x.k_den), ones, beta_r, gamma_r, x.z0.reshape(N, Dk, 1),
-                                          x.chunk_lengths, fused)
+        with no_autocast:
+            out, h_final = _chunk_causal_scan(rows(x.q_den), rows(x.k_den), ones, beta_r, gamma_r,
+                                              x.z0.reshape(N, Dk, 1), x.chunk_lengths, fused)
         denominator = out[..., 0].reshape(B, H, T, S).movedim(1, 3).contiguous()  # [B, T, S, H]
         state_z = h_final[..., 0].reshape(B, H, Dk)                                # [B, H, Dk]
     return GDNOutput(numerator=numerator, denominator=denominator, state=GDNState(S=state_S, z=state_z))
