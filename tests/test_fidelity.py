@@ -72,12 +72,16 @@ def test_suite_scores_every_set_and_writes_clip_by_clip(tmp_path, monkeypatch, c
     assert "revisit   return" in table and "still" in table and "a wrong view scores" in table
 
 
-def test_fidelity_command_runs_the_suite_without_data(tmp_path, monkeypatch, capsys):
+def test_fidelity_command_runs_the_suite_without_data(tmp_path, monkeypatch, capsys, request):
     from sanawm_gym.fidelity import main
+
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
 
     monkeypatch.setitem(suite.SUITES, "short", (suite.HeldoutSet("still", "still", 1, 1.0, 4000, (1.0,)),))
     tiny_world_model().save_pretrained(tmp_path / "wm")
-    assert main(["--model", str(tmp_path / "wm"), "--data-root", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 0
+    assert main(["--model", str(tmp_path / "wm"), "--data-root", str(tmp_path / "d"), "--out", str(tmp_path / "o"),
+                 "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2  # the command sets torch's threads (default 1)
     out = capsys.readouterr().out
     assert "fidelity suite 'short'" in out and out.count("still") >= 2
     assert (tmp_path / "o" / "report.json").is_file()
@@ -92,6 +96,9 @@ def test_fidelity_command_runs_the_suite_without_data(tmp_path, monkeypatch, cap
         main(args + ["--seed", "2000"])
     err = capsys.readouterr().err
     assert "argument --data:" in err and "seed: 1000 in the folder, 2000 requested" in err
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "wm"), "--threads", "0"])
+    assert "argument --threads: must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_look_around_turns_in_place_and_ends_at_the_pose():
