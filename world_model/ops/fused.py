@@ -215,12 +215,15 @@ class _RangedAttention(torch.autograd.Function):
         forward, _ = _flash_ops()
         out = torch.empty_like(q)
         lse = q.new_empty(q.shape[:3])
+        gathered = []  # the blocks whose keys are a concatenation, kept for the backward pass
         for q_lo, q_hi, ranges in blocks:
-            o, l = forward(q[:, :, q_lo:q_hi], _gather(k, ranges), _gather(v, ranges))
+            keys, values = _gather(k, ranges), _gather(v, ranges)
+            o, l = forward(q[:, :, q_lo:q_hi], keys, values)
             out[:, :, q_lo:q_hi] = o
             lse[:, :, q_lo:q_hi] = l
+            gathered.append((keys, values) if len(ranges) > 1 else None)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.blocks = blocks
+        ctx.blocks, ctx.gathered = blocks, gathered
         return out
 
     @staticmethod
@@ -229,9 +232,10 @@ class _RangedAttention(torch.autograd.Function):
         _, backward = _flash_ops()
         d_out = d_out.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for q_lo, q_hi, ranges in ctx.blocks:
+        for (q_lo, q_hi, ranges), kept in zip(ctx.blocks, ctx.gathered):
             rows = slice(q_lo, q_hi)
-            gq, gk, gv = backward(d_out[:, :, rows], q[:, :, rows], _gather(k, ranges), _gather(v, ranges),
+            keys, values = kept if kept is not None else (_gather(k, ranges), _gather(v, ranges))
+            gq, gk, gv = backward(d_out[:, :, rows], q[:, :, rows], keys, values,
                                   out[:, :, rows], lse[:, :, rows], 0.0, False)
             dq[:, :, rows] = gq
             at = 0

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         model = copy.deepcopy(backbone).train()
         objective = _Objective(model, FlowMatchingConfig(), compiled_backbone=mode == "backbone")
         run = torch.compile(objective) if mode == "on" else objective
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the training loop
         with _ops(ops):
             first = train_step(run, optimizer, batch, precision, seed=0)
             for i in range(args.warmup):
