@@ -8,7 +8,7 @@ The functions here compute the same values (tested against the references, value
 gradients) with in-place accumulation into one buffer per gradient:
 
 - :func:`short_conv_frames_fused`: the causal depthwise convolution over frames
-  (reference: :func:`world_model.ops.dispatch.short_conv_frames_torch`);
+  (reference: :func:`short_conv_frames_reference`);
 - :func:`delta_scan_fused`: the forward scan of the frame-wise gated delta rule, its
   states kept for a backward scan written out (reference: the autograd loop of
   :func:`world_model.ops.framewise_gdn.torch_impl.delta_scan`);
@@ -20,8 +20,9 @@ gradients) with in-place accumulation into one buffer per gradient:
   channels with the rotary rotation (or a copy) of the second half, written into one output
   (reference: :func:`group_transform_reference`, slices and a concatenation).
 
-They run on any device and dtype; :mod:`world_model.ops.dispatch` picks them on CPU.
-Inside ``with reference_ops():`` every one of them (and the GDN scan's choice) runs its
+They run on any device and dtype: :mod:`world_model.ops.dispatch` picks the short conv and
+the GDN scan's form on CPU (fla and Triton on CUDA), the layers call the other two (ranged
+attention takes its reference on CUDA, where PyTorch's own attention kernels serve). Inside ``with reference_ops():`` every one of them (and the GDN scan's choice) runs its
 reference instead: the training benchmark times both side by side, and the tests compare a
 whole training step's loss and gradients across the two.
 """
@@ -59,7 +60,7 @@ def fused_ops_enabled() -> bool:
 @contextlib.contextmanager
 def reference_ops():
     """Run the reference forms (autograd through the plain ops) instead of the fused ones."""
-    previous = fused_ops_enabled()
+    previous = getattr(_state, "enabled", True)
     _state.enabled = False
     try:
         yield
@@ -286,8 +287,8 @@ def _block_diagonal(m: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.T
     for g in range(groups):
         blocks[..., 4 * g:4 * g + 4, 4 * g:4 * g + 4] = mt
     blocks = blocks.reshape(-1, 4 * groups, 4 * groups)
-    for k in [k for k, v in _BLOCKS.items() if v[0]() is None]:
-        del _BLOCKS[k]
+    for k in [k for k, v in list(_BLOCKS.items()) if v[0]() is None]:
+        _BLOCKS.pop(k, None)
     _BLOCKS[key] = (weakref.ref(m), m._version, blocks)
     return blocks
 

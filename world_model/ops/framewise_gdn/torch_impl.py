@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 
 from world_model.ops.framewise_gdn.inputs import prepare_inputs
-from world_model.ops.fused import delta_scan_fused, fused_ops_enabled
 from world_model.ops.framewise_gdn.state import GDNOutput, GDNState
+from world_model.ops.fused import delta_scan_fused, fused_ops_enabled
 
 
 def frame_update(
