@@ -69,7 +69,7 @@ def has_native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA device that supports
     bf16, or an x86 CPU with AMX tiles (``amx_bf16``) or AVX-512 bf16 dot products
     (``avx512_bf16``), read from ``/proc/cpuinfo`` at run time. Measured on an AMD EPYC with
-    ``avx512_bf16`` and no AMX (docs/RESULTS.md): the bf16 matmul peak 2.1x float32's, the
+    ``avx512_bf16`` and no AMX (docs/RESULTS.md): the bf16 matmul peak 2.1-2.3x float32's, the
     training step x1.3 and ``Nav-v0`` x1.1-1.2 under bf16 autocast, the fidelity suite within
     0.03 dB. Without either flag (AVX-512F alone, or no AVX-512) PyTorch emulates bf16
     matmuls, measured 3-13x slower than float32."""
